@@ -1,0 +1,266 @@
+"""Typed, validated view of ``params.yaml``.
+
+Every stage loads the whole file through :func:`load_params` before doing any work. An unknown key, a
+value of the wrong type or out of range, or a cross-group inconsistency raises :class:`ConfigError`
+with one line that names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "softplus", "elu")
+SOURCE_KEYWORDS = ("auto", "download", "offline")
+
+
+class ConfigError(Exception):
+    """An invalid params.yaml. ``key`` is the dotted key at fault (or None for the whole file).
+
+    Not a ValueError on purpose: pydantic would wrap a ValueError raised in a validator.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataConfig(_Group):
+    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+    source: str = "auto"
+    train_samples: int | None = Field(default=None, gt=0)
+    test_samples: int | None = Field(default=None, gt=0)
+    seed: int = Field(default=0, ge=0)
+    download_timeout: float = Field(default=10.0, gt=0, le=600)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v in SOURCE_KEYWORDS:
+            return v
+        from landscape.data import check_idx_dir  # local import: data imports torch
+
+        check_idx_dir(Path(v))  # raises ValueError naming what is missing
+        return v
+
+
+class ModelConfig(_Group):
+    hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    activation: Literal["relu", "tanh", "gelu", "sigmoid", "softplus", "elu"] = "relu"
+
+    @field_validator("hidden")
+    @classmethod
+    def _hidden(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("must list at least one hidden width, e.g. [256, 256]")
+        bad = [w for w in v if w <= 0 or w > 65536]
+        if bad:
+            raise ValueError(f"widths must be integers in 1..65536, got {bad}")
+        return v
+
+
+class TrainConfig(_Group):
+    epochs: int = Field(default=10, ge=1, le=100000)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0)
+    seed: int = Field(default=0, ge=0)
+    checkpoint_every: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> TrainConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("train.nesterov = true needs train.momentum > 0 (Nesterov without momentum is plain SGD)")
+        return self
+
+    def saved_epochs(self) -> list[int]:
+        """Epochs with a checkpoint: 0 (the initialization), every ``checkpoint_every``-th, and the last."""
+        return sorted({0, self.epochs, *range(self.checkpoint_every, self.epochs + 1, self.checkpoint_every)})
+
+
+class ProbeConfig(_Group):
+    every: int = Field(default=1, ge=1)
+    samples: int = Field(default=2048, ge=1)
+    seed: int = Field(default=0, ge=0)
+    chunk_size: int = Field(default=1024, ge=1)
+    lanczos_iters: int = Field(default=40, ge=2, le=1000)
+    tol: float = Field(default=1e-4, gt=0, lt=1)
+    sharpness_directions: int = Field(default=8, ge=1)
+    sharpness_radius: float = Field(default=0.5, gt=0)
+    trace_samples: int = Field(default=8, ge=0)
+    eval_batch_size: int = Field(default=4096, ge=1)
+
+
+class InterpolateConfig(_Group):
+    start_epoch: int = Field(default=2, ge=0)
+    end_epoch: int | None = Field(default=None, ge=0)
+    points: int = Field(default=21, ge=2, le=10001)
+    alpha_min: float = 0.0
+    alpha_max: float = 1.0
+
+    @model_validator(mode="after")
+    def _range(self) -> InterpolateConfig:
+        if self.alpha_min > 0.0:
+            raise ValueError(f"interpolate.alpha_min = {self.alpha_min}: must be <= 0 (the path starts at alpha = 0)")
+        if self.alpha_max < 1.0:
+            raise ValueError(f"interpolate.alpha_max = {self.alpha_max}: must be >= 1 (the path ends at alpha = 1)")
+        return self
+
+
+class PlotConfig(_Group):
+    dpi: int = Field(default=120, ge=30, le=600)
+    width: float = Field(default=6.4, gt=0, le=40)
+    height: float = Field(default=4.0, gt=0, le=40)
+    style: Literal["default", "ggplot", "bmh", "classic", "fivethirtyeight", "grayscale"] = "default"
+
+
+class TrackConfig(_Group):
+    experiment: str = Field(default="landscape", min_length=1)
+    run_name: str | None = None
+
+
+class Params(_Group):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    interpolate: InterpolateConfig = Field(default_factory=InterpolateConfig)
+    plot: PlotConfig = Field(default_factory=PlotConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Params:
+        saved = self.train.saved_epochs()
+        for key in ("start_epoch", "end_epoch"):
+            epoch = getattr(self.interpolate, key)
+            if epoch is not None and epoch not in saved:
+                raise ConfigError(
+                    f"params.yaml: interpolate.{key} = {epoch}: no checkpoint for that epoch; "
+                    f"allowed: one of the saved epochs {_short(saved)} "
+                    f"(train.epochs = {self.train.epochs}, train.checkpoint_every = {self.train.checkpoint_every})",
+                    key=f"interpolate.{key}",
+                )
+        if self.interpolate.start_epoch == self.resolved_end_epoch():
+            raise ConfigError(
+                f"params.yaml: interpolate.start_epoch = {self.interpolate.start_epoch} equals interpolate.end_epoch: "
+                "allowed: two different saved epochs",
+                key="interpolate.start_epoch",
+            )
+        if self.data.source == "offline" and self.data.dataset != "mnist":
+            raise ConfigError(
+                f"params.yaml: data.source = offline with data.dataset = {self.data.dataset}: the offline source ships "
+                "MNIST digits only; allowed: data.dataset = mnist, or data.source = download | auto | a directory",
+                key="data.source",
+            )
+        if self.data.train_samples is not None and self.probe.samples > self.data.train_samples:
+            raise ConfigError(
+                f"params.yaml: probe.samples = {self.probe.samples} exceeds data.train_samples = "
+                f"{self.data.train_samples}; allowed: 1..{self.data.train_samples}",
+                key="probe.samples",
+            )
+        return self
+
+    def resolved_end_epoch(self) -> int:
+        return self.train.epochs if self.interpolate.end_epoch is None else self.interpolate.end_epoch
+
+    def probed_epochs(self) -> list[int]:
+        """Every ``probe.every``-th saved checkpoint, always including the last one."""
+        saved = self.train.saved_epochs()
+        return sorted(set(saved[:: self.probe.every]) | {saved[-1]})
+
+
+def _short(values: list[int]) -> str:
+    return str(values) if len(values) <= 12 else f"[{values[0]}, {values[1]}, …, {values[-1]}]"
+
+
+def _format_error(err: dict[str, Any], groups: dict[str, type[BaseModel]]) -> tuple[str, str]:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        parent = loc[:-1]
+        allowed: list[str]
+        if not parent:
+            allowed = list(Params.model_fields)
+        else:
+            model = groups.get(parent[0])
+            allowed = list(model.model_fields) if model is not None else []
+        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        maybe = f" (did you mean '{'.'.join([*parent, hint[0]])}'?)" if hint else ""
+        return key, f"params.yaml: unknown key '{key}'{maybe}; allowed keys here: {', '.join(allowed)}"
+    value = err.get("input")
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return key, f"params.yaml: {key} = {value!r} is invalid: {msg}"
+
+
+GROUPS: dict[str, type[BaseModel]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "probe": ProbeConfig,
+    "interpolate": InterpolateConfig,
+    "plot": PlotConfig,
+    "track": TrackConfig,
+}
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate an already-parsed params mapping. Raises ConfigError (one line, names the key)."""
+    if raw is None:
+        raise ConfigError("params.yaml is empty; allowed: a mapping with the groups " + ", ".join(GROUPS))
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"params.yaml must be a mapping of groups ({', '.join(GROUPS)}), got {type(raw).__name__}"
+        )
+    for group, value in raw.items():
+        if group in GROUPS and not isinstance(value, dict):
+            raise ConfigError(
+                f"params.yaml: {group} = {value!r} is invalid: must be a mapping of keys "
+                f"({', '.join(GROUPS[group].model_fields)})",
+                key=str(group),
+            )
+    try:
+        return Params.model_validate(raw)
+    except ConfigError:
+        raise
+    except ValidationError as exc:
+        errors = exc.errors()
+        key, line = _format_error(errors[0], GROUPS)
+        if len(errors) > 1:
+            line += f" (and {len(errors) - 1} more problem(s))"
+        raise ConfigError(line, key=key) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml. Raises ConfigError before any work is done."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found; allowed: a params.yaml at the repository root")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"params.yaml is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    return parse_params(raw)
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """``{'train.lr': 0.05, 'model.hidden': [256, 256], ...}`` — for MLflow and hashing."""
+    out: dict[str, Any] = {}
+    for group, value in params.model_dump().items():
+        for key, v in value.items():
+            out[f"{group}.{key}"] = v
+    return out

@@ -1,0 +1,246 @@
+"""Hessian-vector products of the probe-set loss and the estimates built on them.
+
+H = ∇²L_P(θ) with L_P(θ) = (1/N) Σ_{i∈P} ℓ(f(x_i; θ), y_i): the Hessian of the *mean* loss over the whole
+probe set P (N examples), with the model in eval mode. Units: nats per unit parameter².
+
+* :class:`HessianOperator` — Hv = ∇_θ⟨∇_θ L_P(θ), v⟩ by double backward (Pearlmutter). P is processed in
+  chunks; each chunk contributes ∇²(Σ_{i∈chunk} ℓ_i)·v and the sum is divided by N, so the product is
+  exact for the whole set however it is chunked.
+* :func:`lanczos` — largest (and optionally smallest) *algebraic* eigenvalues by Lanczos with full
+  reorthogonalization; every returned pair carries its measured residual ‖Hv − λv‖/|λ|.
+* :func:`power_iteration` — the reference method; converges to the largest-*magnitude* eigenvalue.
+* :func:`hutchinson_trace` — tr(H) ≈ (1/m) Σ zᵀHz, z Rademacher, with its standard error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from landscape.evaluation import SumLoss, sum_cross_entropy
+
+log = logging.getLogger(__name__)
+
+
+class HessianOperator:
+    """The linear map v ↦ Hv for H = ∇²L_P(θ) at the model's current parameters.
+
+    ``keep_graph=True`` builds the first-order graph of every chunk once and reuses it for all products
+    (the fastest exact route; memory grows with N). ``keep_graph=False`` rebuilds it per product (memory
+    of one chunk). ``route`` says which one is in use. Also exposes ``loss`` = L_P(θ) (float64) and
+    ``grad`` = ∇L_P(θ) (flat), computed on construction, and counts ``num_products``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: SumLoss = sum_cross_entropy,
+        chunk_size: int = 1024,
+        keep_graph: bool = True,
+    ) -> None:
+        if len(x) == 0:
+            raise ValueError("the probe set is empty")
+        self.model = model.eval()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.n = sum(p.numel() for p in self.params)
+        self.N = len(x)
+        self.dtype = self.params[0].dtype
+        self.chunks = [(x[i : i + chunk_size], y[i : i + chunk_size]) for i in range(0, len(x), chunk_size)]
+        self.loss_fn = loss_fn
+        self.keep_graph = keep_graph
+        self.route = "cached-graph double backward" if keep_graph else "recomputed double backward"
+        self.num_products = 0
+        self._graphs: list[tuple[torch.Tensor, ...]] = []
+        loss = 0.0
+        grad = torch.zeros(self.n, dtype=self.dtype)
+        for xc, yc in self.chunks:
+            lsum = loss_fn(model(xc), yc)
+            g = torch.autograd.grad(lsum, self.params, create_graph=keep_graph)
+            loss += float(lsum.detach().double())
+            grad += torch.cat([gi.detach().reshape(-1) for gi in g])
+            if keep_graph:
+                self._graphs.append(g)
+        self.loss = loss / self.N
+        self.grad = grad / self.N
+
+    def _split(self, v: torch.Tensor) -> list[torch.Tensor]:
+        out, i = [], 0
+        for p in self.params:
+            out.append(v[i : i + p.numel()].view_as(p))
+            i += p.numel()
+        return out
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """Hv (flat, in the model's dtype). ``v`` may be of any floating dtype."""
+        vs = self._split(v.to(self.dtype))
+        out = torch.zeros(self.n, dtype=self.dtype)
+        for k, (xc, yc) in enumerate(self.chunks):
+            if self.keep_graph:
+                g = self._graphs[k]
+            else:
+                g = torch.autograd.grad(self.loss_fn(self.model(xc), yc), self.params, create_graph=True)
+            dot = sum((gi * vi).sum() for gi, vi in zip(g, vs, strict=True))
+            hv = torch.autograd.grad(dot, self.params, retain_graph=self.keep_graph)
+            out += torch.cat([h.reshape(-1) for h in hv])
+        self.num_products += 1
+        return out / self.N
+
+    __matmul__ = matvec
+
+    def release(self) -> None:
+        """Free the cached first-order graphs."""
+        self._graphs = []
+
+
+@dataclass(frozen=True)
+class EigenResult:
+    """Eigenvalue estimates, largest algebraic first, each with ‖Hv−λv‖/|λ| and a converged flag."""
+
+    eigenvalues: tuple[float, ...]
+    residuals: tuple[float, ...]
+    converged: tuple[bool, ...]
+    num_products: int
+    iterations: int
+    method: str
+    smallest: float | None = None
+    smallest_residual: float | None = None
+
+    @property
+    def lambda_max(self) -> float:
+        return self.eigenvalues[0]
+
+
+def _rel_residual(hv: torch.Tensor, v: torch.Tensor, lam: float) -> float:
+    return float(torch.linalg.vector_norm(hv - lam * v) / max(abs(lam), 1e-30))
+
+
+def lanczos(
+    op: HessianOperator,
+    k: int = 1,
+    max_iters: int = 40,
+    tol: float = 1e-4,
+    seed: int = 0,
+    smallest: bool = False,
+    verify: bool = True,
+) -> EigenResult:
+    """Top-``k`` largest algebraic eigenvalues of H by Lanczos with full reorthogonalization.
+
+    The Krylov basis is kept in float64. Iteration m costs one product; the Ritz pair (θ_i, Q s_i) has
+    residual ‖H Q s_i − θ_i Q s_i‖ = β_m |s_{m,i}| (exact arithmetic), which is the stopping test:
+    stop once β_m|s_{m,i}|/|θ_i| ≤ ``tol`` for the top ``k`` (and the smallest, if asked). With ``verify``
+    each returned pair's residual is then *measured* with one more product, and ``converged`` is judged on
+    the measured value.
+    """
+    n = op.n
+    m_max = min(max_iters, n)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, generator=g, dtype=torch.float64)
+    q /= torch.linalg.vector_norm(q)
+    Q = torch.zeros((m_max, n), dtype=torch.float64)
+    alphas: list[float] = []
+    betas: list[float] = []
+    start_products = op.num_products
+    beta_prev = 0.0
+    evals = evecs = None
+    for j in range(m_max):
+        Q[j] = q
+        w = op.matvec(q).double()
+        alpha = float(w @ q)
+        w -= alpha * q
+        if j > 0:
+            w -= beta_prev * Q[j - 1]
+        for _ in range(2):  # full reorthogonalization, twice is enough (Kahan–Parlett)
+            w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
+        beta = float(torch.linalg.vector_norm(w))
+        alphas.append(alpha)
+        T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            T += torch.diag(off, 1) + torch.diag(off, -1)
+        evals, evecs = torch.linalg.eigh(T)  # ascending
+        idx = list(range(j, max(j - k, -1), -1))  # top-k indices, descending
+        if smallest:
+            idx.append(0)
+        est = [beta * abs(float(evecs[-1, i])) / max(abs(float(evals[i])), 1e-30) for i in idx]
+        if (j + 1 >= min(k + 1, m_max) and all(e <= tol for e in est)) or beta < 1e-12 * max(
+            abs(float(evals[-1])), 1e-30
+        ):
+            break
+        betas.append(beta)
+        beta_prev = beta
+        q = w / beta
+    m = len(alphas)
+    assert evals is not None and evecs is not None
+    basis = Q[:m]
+    top = list(range(m - 1, max(m - 1 - k, -1), -1))
+    values, residuals = [], []
+    for i in top + ([0] if smallest else []):
+        lam = float(evals[i])
+        if verify:
+            v = evecs[:, i] @ basis
+            v /= torch.linalg.vector_norm(v)
+            r = _rel_residual(op.matvec(v).double(), v, lam)
+        else:
+            r = beta * abs(float(evecs[-1, i])) / max(abs(lam), 1e-30)
+        values.append(lam)
+        residuals.append(r)
+    n_top = len(top)
+    return EigenResult(
+        eigenvalues=tuple(values[:n_top]),
+        residuals=tuple(residuals[:n_top]),
+        converged=tuple(r <= tol for r in residuals[:n_top]),
+        num_products=op.num_products - start_products,
+        iterations=m,
+        method="lanczos (full reorthogonalization)",
+        smallest=values[n_top] if smallest else None,
+        smallest_residual=residuals[n_top] if smallest else None,
+    )
+
+
+def power_iteration(op: HessianOperator, max_iters: int = 100, tol: float = 1e-4, seed: int = 0) -> EigenResult:
+    """Reference method: v ← Hv/‖Hv‖. Converges to the largest-*magnitude* eigenvalue (which may be
+    negative). Stops when the measured residual ‖Hv − λv‖/|λ| (λ = vᵀHv) is ≤ ``tol``."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(op.n, generator=g, dtype=torch.float64)
+    v /= torch.linalg.vector_norm(v)
+    start = op.num_products
+    lam, r, it = math.nan, math.inf, 0
+    for it in range(1, max_iters + 1):  # noqa: B007 - `it` is reported
+        hv = op.matvec(v).double()
+        lam = float(v @ hv)
+        r = _rel_residual(hv, v, lam)
+        if r <= tol:
+            break
+        v = hv / torch.linalg.vector_norm(hv)
+    return EigenResult((lam,), (r,), (r <= tol,), op.num_products - start, it, "power iteration")
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """Hutchinson estimate of tr(H) with its standard error (std of the samples / √m)."""
+
+    trace: float
+    stderr: float
+    samples: int
+    num_products: int
+
+
+def hutchinson_trace(op: HessianOperator, samples: int, seed: int = 0) -> TraceResult:
+    """tr(H) ≈ (1/m) Σ_j z_jᵀ H z_j with z_j i.i.d. Rademacher (±1 entries), unbiased."""
+    if samples < 1:
+        raise ValueError("samples must be >= 1")
+    g = torch.Generator().manual_seed(seed)
+    vals = []
+    start = op.num_products
+    for _ in range(samples):
+        z = torch.randint(0, 2, (op.n,), generator=g, dtype=torch.float64) * 2 - 1
+        vals.append(float(z @ op.matvec(z).double()))
+    t = torch.tensor(vals, dtype=torch.float64)
+    stderr = float(t.std(unbiased=True) / math.sqrt(samples)) if samples > 1 else math.nan
+    return TraceResult(float(t.mean()), stderr, samples, op.num_products - start)

@@ -1,0 +1,175 @@
+"""One geometry probe of one checkpoint: every per-epoch metric in one record.
+
+Definitions (docs/theory.md derives each; η learning rate, β momentum, g = ∇L_P(θ), H = ∇²L_P(θ)):
+
+* train_loss / test_loss / test_accuracy: over the full train / test split (eval mode).
+* grad_norm = ‖g‖₂ on the probe set P.
+* lambda_max = largest algebraic eigenvalue of H (Lanczos), with its measured relative residual.
+* directional_sharpness = (1/2K) Σ_k [L_P(θ+d_k) + L_P(θ−d_k) − 2L_P(θ)], ‖d_k‖ = ρ.
+* stability_ratio = η·λ_max; stability_threshold = the η·λ at which the optimizer diverges on a quadratic.
+* lgdi = (η/2)·gᵀHg/‖g‖²: L(θ−ηg) − L(θ) ≈ −η‖g‖²(1 − lgdi), so lgdi > 1 means a plain step of size η
+  raises the loss to second order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape.config import ProbeConfig
+from landscape.curvature import HessianOperator, hutchinson_trace, lanczos
+from landscape.evaluation import evaluate, loss_function
+from landscape.parameters import flatten
+from landscape.sharpness import directional_sharpness, trace_prediction
+
+
+def stability_threshold(momentum: float, nesterov: bool) -> float:
+    """η·λ above which SGD (as ``torch.optim.SGD``) diverges on f(x) = λx²/2 with full-batch gradients.
+
+    Plain GD: 2. Heavy ball: 2(1+β). Nesterov: 2(1+β)/(1+2β).
+    """
+    b = momentum
+    if nesterov:
+        return 2.0 * (1.0 + b) / (1.0 + 2.0 * b)
+    return 2.0 * (1.0 + b)
+
+
+def lgdi(lr: float, grad: torch.Tensor, hg: torch.Tensor) -> float:
+    """Loss Geometry Difficulty Index (η/2)·gᵀHg/‖g‖² (NaN where g = 0)."""
+    gg = float(grad.double() @ grad.double())
+    if gg == 0.0:
+        return math.nan
+    return 0.5 * lr * float(grad.double() @ hg.double()) / gg
+
+
+def probe(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    probe_data: tuple[torch.Tensor, torch.Tensor],
+    optimizer: dict[str, Any],
+    cfg: ProbeConfig,
+) -> dict[str, Any]:
+    """All metrics of one checkpoint as one flat record (keys of mnist_geometry_metrics.json)."""
+    model.eval()
+    lr, beta, nesterov = optimizer["lr"], optimizer["momentum"], optimizer["nesterov"]
+    train_loss, train_acc = evaluate(model, *train, batch_size=cfg.eval_batch_size)
+    test_loss, test_acc = evaluate(model, *test, batch_size=cfg.eval_batch_size)
+
+    xp, yp = probe_data
+    op = HessianOperator(model, xp, yp, chunk_size=cfg.chunk_size, keep_graph=True)
+    eig = lanczos(op, k=1, max_iters=cfg.lanczos_iters, tol=cfg.tol, seed=cfg.seed, smallest=False)
+    lam = eig.lambda_max
+    hg = op.matvec(op.grad)
+    trace = hutchinson_trace(op, cfg.trace_samples, seed=cfg.seed) if cfg.trace_samples > 0 else None
+    products = op.num_products
+    op.release()
+
+    theta = flatten(model)
+    sharp = directional_sharpness(
+        loss_function(model, xp, yp, cfg.eval_batch_size),
+        theta,
+        cfg.sharpness_radius,
+        cfg.sharpness_directions,
+        seed=cfg.seed,
+    )
+    n = theta.numel()
+    return {
+        "train_loss": train_loss,
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "grad_norm": float(torch.linalg.vector_norm(op.grad.double())),
+        "lambda_max": lam,
+        "directional_sharpness": sharp.value,
+        "lgdi": lgdi(lr, op.grad, hg),
+        "stability_ratio": lr * lam,
+        # beyond the original study's keys
+        "train_accuracy": train_acc,
+        "generalization_gap": test_loss - train_loss,
+        "probe_loss": op.loss,
+        "probe_samples": op.N,
+        "num_params": n,
+        "lambda_max_residual": eig.residuals[0],
+        "lambda_max_converged": eig.converged[0],
+        "lanczos_iterations": eig.iterations,
+        "hvp_count": products,
+        "hvp_route": op.route,
+        "stability_threshold": stability_threshold(beta, nesterov),
+        "lr": lr,
+        "momentum": beta,
+        "nesterov": nesterov,
+        "directional_sharpness_stderr": sharp.stderr,
+        "sharpness_radius": sharp.radius,
+        "sharpness_directions": sharp.directions,
+        "hessian_trace": trace.trace if trace else None,
+        "hessian_trace_stderr": trace.stderr if trace else None,
+        "trace_samples": trace.samples if trace else 0,
+        "sharpness_trace_prediction": trace_prediction(trace.trace, sharp.radius, n) if trace else None,
+    }
+
+
+def probe_checkpoints(
+    epochs: list[int],
+    data_root: str,
+    ckpt_dir: str,
+    cfg: ProbeConfig,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Probe each of ``epochs`` that has a checkpoint; return (records, probe-set record).
+
+    Epochs without a checkpoint (training diverged before them) are reported in ``missing``.
+    """
+    import logging
+
+    from tqdm import tqdm
+
+    from landscape.checkpoints import list_checkpoints, load_checkpoint, model_from_checkpoint
+    from landscape.data import load_split, probe_indices
+
+    log = logging.getLogger(__name__)
+    train = load_split(data_root, "train")
+    test = load_split(data_root, "test")
+    idx = probe_indices(len(train[0]), cfg.samples, cfg.seed)
+    probe_data = (train[0][idx], train[1][idx])
+    available = list_checkpoints(ckpt_dir)
+    records = []
+    for epoch in tqdm([e for e in epochs if e in available], desc="probe"):
+        ckpt = load_checkpoint(available[epoch])
+        model = model_from_checkpoint(ckpt)
+        rec = {"epoch": epoch, **probe(model, train, test, probe_data, ckpt["optimizer"], cfg)}
+        log.info(
+            "epoch %d: test acc %.4f, lambda_max %.4g (residual %.1e, %d HVPs), lgdi %.3g",
+            epoch, rec["test_accuracy"], rec["lambda_max"], rec["lambda_max_residual"], rec["hvp_count"], rec["lgdi"],
+        )
+        records.append(rec)
+    probe_record = {
+        "samples": cfg.samples,
+        "seed": cfg.seed,
+        "split": "train",
+        "indices": idx.tolist(),
+        "missing_epochs": [e for e in epochs if e not in available],
+    }
+    return records, probe_record
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summary metrics over the probed epochs (the DVC/MLflow headline numbers)."""
+    if not records:
+        return {"probed_epochs": 0}
+    last = records[-1]
+    finite = [r["stability_ratio"] for r in records if r["stability_ratio"] is not None]
+    return {
+        "probed_epochs": len(records),
+        "final_epoch": last["epoch"],
+        "final_train_loss": last["train_loss"],
+        "final_test_loss": last["test_loss"],
+        "final_test_accuracy": last["test_accuracy"],
+        "generalization_gap": last["test_loss"] - last["train_loss"],
+        "final_lambda_max": last["lambda_max"],
+        "max_lambda_max": max(r["lambda_max"] for r in records),
+        "max_stability_ratio": max(finite) if finite else None,
+        "stability_threshold": last["stability_threshold"],
+        "all_lambda_converged": all(r["lambda_max_converged"] for r in records),
+    }

@@ -1,0 +1,97 @@
+"""1-D paths between parameter vectors and the barrier along them.
+
+θ(α) = (1 − α)·θ_a + α·θ_b; α ∈ [0, 1] is the segment, values outside extend the line beyond the endpoints.
+
+Barrier height (Frankle et al. 2020), over the segment α ∈ [0, 1] only:
+    α* = argmax_α L(θ(α)),   B = L(θ(α*)) − ((1 − α*)·L(θ_a) + α*·L(θ_b)).
+B = 0 when the maximum is at an endpoint; B > 0 is a bump above the straight chord.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from landscape.evaluation import evaluate
+
+
+def alpha_grid(points: int, alpha_min: float = 0.0, alpha_max: float = 1.0) -> list[float]:
+    """``points`` evenly spaced α in [alpha_min, alpha_max], with 0 and 1 always included."""
+    grid = set(np.round(np.linspace(alpha_min, alpha_max, points), 12).tolist()) | {0.0, 1.0}
+    return sorted(float(a) for a in grid)
+
+
+def line_losses(
+    model: nn.Module,
+    theta_a: torch.Tensor,
+    theta_b: torch.Tensor,
+    alphas: list[float],
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    batch_size: int = 4096,
+) -> list[dict[str, Any]]:
+    """One record per α: train loss (``loss``) and accuracy over the full train split, test loss/accuracy."""
+    rows = []
+    for a in tqdm(alphas, desc="interpolate", leave=False):
+        theta = (1.0 - a) * theta_a + a * theta_b
+        loss, acc = evaluate(model, *train, batch_size=batch_size, theta=theta)
+        tl, ta = evaluate(model, *test, batch_size=batch_size, theta=theta)
+        rows.append({"alpha": a, "loss": loss, "train_accuracy": acc, "test_loss": tl, "test_accuracy": ta})
+    return rows
+
+
+def barrier_height(alphas: list[float], losses: list[float]) -> dict[str, float]:
+    """Barrier of the sampled path (see module docstring); needs α = 0 and α = 1 among ``alphas``."""
+    a = np.asarray(alphas, dtype=np.float64)
+    l_ = np.asarray(losses, dtype=np.float64)
+    inside = (a >= 0.0) & (a <= 1.0)
+    if not (np.any(a == 0.0) and np.any(a == 1.0)):
+        raise ValueError("the α grid must contain 0 and 1")
+    la, lb = float(l_[a == 0.0][0]), float(l_[a == 1.0][0])
+    ai, li = a[inside], l_[inside]
+    k = int(np.argmax(li))
+    a_star = float(ai[k])
+    return {
+        "barrier_height": float(li[k] - ((1.0 - a_star) * la + a_star * lb)),
+        "alpha_star": a_star,
+        "loss_at_alpha_star": float(li[k]),
+        "loss_start": la,
+        "loss_end": lb,
+    }
+
+
+def interpolate_checkpoints(
+    ckpt_dir: str,
+    data_root: str,
+    start_epoch: int,
+    end_epoch: int,
+    alphas: list[float],
+    batch_size: int = 4096,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Loss along the line between two checkpoints; returns (rows, summary with the barrier height)."""
+    from landscape.checkpoints import checkpoint_path, load_checkpoint, model_from_checkpoint
+    from landscape.data import load_split
+    from landscape.parameters import flatten
+
+    ends = []
+    for epoch in (start_epoch, end_epoch):
+        ckpt = load_checkpoint(checkpoint_path(ckpt_dir, epoch))
+        ends.append(model_from_checkpoint(ckpt))
+    theta_a, theta_b = flatten(ends[0]), flatten(ends[1])
+    for epoch, theta in ((start_epoch, theta_a), (end_epoch, theta_b)):
+        if not torch.isfinite(theta).all():
+            raise ValueError(f"the checkpoint of epoch {epoch} holds non-finite weights; choose a finite endpoint")
+    train, test = load_split(data_root, "train"), load_split(data_root, "test")
+    rows = line_losses(ends[0], theta_a, theta_b, alphas, train, test, batch_size)
+    summary = {
+        "start_epoch": start_epoch,
+        "end_epoch": end_epoch,
+        "points": len(rows),
+        "distance": float(torch.linalg.vector_norm((theta_b - theta_a).double())),
+        **barrier_height([r["alpha"] for r in rows], [r["loss"] for r in rows]),
+    }
+    return rows, summary

@@ -1,0 +1,106 @@
+"""Matplotlib figures from the pipeline's JSON outputs (no computation happens here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from landscape.config import PlotConfig
+
+FIGURES = ("loss_accuracy", "curvature", "stability", "sharpness", "line_loss")
+
+
+def _col(records: list[dict[str, Any]], key: str) -> list[float]:
+    return [float("nan") if r.get(key) is None else r[key] for r in records]
+
+
+def _save(fig: plt.Figure, path: Path, cfg: PlotConfig) -> None:
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=cfg.dpi, format="png", metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def make_figures(
+    metrics: list[dict[str, Any]],
+    line: list[dict[str, Any]],
+    line_summary: dict[str, Any],
+    cfg: PlotConfig,
+    out_dir: Path,
+) -> list[Path]:
+    """Write the five standard figures to ``out_dir``; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plt.style.use(cfg.style)
+    size = (cfg.width, cfg.height)
+    ep = _col(metrics, "epoch")
+    paths = [out_dir / f"{name}.png" for name in FIGURES]
+    eta = metrics[0]["lr"] if metrics else float("nan")
+    threshold = metrics[0]["stability_threshold"] if metrics else float("nan")
+
+    fig, ax = plt.subplots(figsize=size)
+    ax.plot(ep, _col(metrics, "train_loss"), "o-", label="train loss")
+    ax.plot(ep, _col(metrics, "test_loss"), "s-", label="test loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax2 = ax.twinx()
+    ax2.plot(ep, _col(metrics, "test_accuracy"), "^--", color="tab:green", label="test accuracy")
+    ax2.set_ylabel("test accuracy")
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
+    ax.set_title("Loss and accuracy (full splits)")
+    _save(fig, paths[0], cfg)
+
+    fig, ax = plt.subplots(figsize=size)
+    ax.plot(ep, _col(metrics, "lambda_max"), "o-", label=r"$\lambda_{max}$ of $\nabla^2 L_P$")
+    ax.axhline(threshold / eta, color="tab:red", ls="--", label=f"stability threshold {threshold:.3g}/η")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(r"$\lambda_{max}$")
+    ax.set_title(f"Top Hessian eigenvalue (η = {eta:g})")
+    ax.legend()
+    _save(fig, paths[1], cfg)
+
+    fig, ax = plt.subplots(figsize=size)
+    ax.plot(ep, _col(metrics, "stability_ratio"), "o-", label=r"stability ratio $\eta\lambda_{max}$")
+    ax.plot(ep, _col(metrics, "lgdi"), "s-", label=r"lgdi $(\eta/2)\,g^THg/\|g\|^2$")
+    ax.axhline(threshold, color="tab:red", ls="--", label=f"divergence threshold {threshold:.3g}")
+    ax.axhline(1.0, color="gray", ls=":", label="lgdi = 1")
+    ax.set_xlabel("epoch")
+    ax.set_title("Optimization stability")
+    ax.legend()
+    _save(fig, paths[2], cfg)
+
+    fig, ax = plt.subplots(figsize=size)
+    ax.errorbar(ep, _col(metrics, "directional_sharpness"), yerr=_col(metrics, "directional_sharpness_stderr"),
+                fmt="o-", capsize=3, label="directional sharpness (paired)")
+    if any(r.get("sharpness_trace_prediction") is not None for r in metrics):
+        ax.plot(ep, _col(metrics, "sharpness_trace_prediction"), "x:", label=r"$\rho^2\,\mathrm{tr}(H)/(2n)$")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss increase (nats)")
+    ax2 = ax.twinx()
+    ax2.plot(ep, _col(metrics, "grad_norm"), "s--", color="tab:purple", label=r"$\|\nabla L_P\|$")
+    ax2.set_ylabel("gradient norm")
+    lines = ax.get_lines()[-1:] + ax2.get_lines()
+    handles = [*ax.containers, *lines]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper right")
+    ax.set_title("Sharpness and gradient norm")
+    _save(fig, paths[3], cfg)
+
+    fig, ax = plt.subplots(figsize=size)
+    al = _col(line, "alpha")
+    ax.plot(al, _col(line, "loss"), "o-", ms=3, label="train loss")
+    ax.plot(al, _col(line, "test_loss"), "s-", ms=3, label="test loss")
+    s = line_summary
+    ax.plot([0.0, 1.0], [s["loss_start"], s["loss_end"]], "k*", ms=12,
+            label=f"endpoints: epoch {s['start_epoch']} (α=0), epoch {s['end_epoch']} (α=1)")
+    ax.set_xlabel(r"$\alpha$,  $\theta(\alpha) = (1-\alpha)\theta_a + \alpha\theta_b$")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_title(f"Loss along the line (barrier height {s['barrier_height']:.3g})")
+    ax.legend()
+    _save(fig, paths[4], cfg)
+    return paths

@@ -1,0 +1,188 @@
+"""Mini-batch SGD (+ momentum / Nesterov, as ``torch.optim.SGD``) with checkpoints and resume.
+
+Per epoch the training set is shuffled by a seeded generator and visited once in batches of
+``train.batch_size`` (the last batch may be smaller). The recorded ``train_loss`` of an epoch is the
+running mean of the mini-batch losses seen during that epoch (weighted by batch size), i.e. a loss
+measured while the weights move; the probe stage measures the exact full-split loss at each checkpoint.
+
+Divergence: a non-finite mini-batch loss or parameter stops training at that epoch; the epoch is
+recorded as ``diverged_epoch`` and no checkpoint holding non-finite weights is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from landscape.checkpoints import (
+    CheckpointError,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from landscape.config import ModelConfig, TrainConfig
+from landscape.data import NUM_CLASSES, load_split, read_json
+from landscape.models import MLP
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_root: Path) -> str:
+    """SHA-256 of everything a checkpoint depends on: model + train params and the data digests."""
+    meta = read_json(Path(data_root) / "dataset.json")
+    payload = {
+        "model": model_cfg.model_dump(),
+        "train": train_cfg.model_dump(exclude={"epochs", "checkpoint_every"}),
+        "data": {s: [meta[s]["sha256_x"], meta[s]["sha256_y"]] for s in ("train", "test")},
+        "normalization": meta["normalization"],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _find_resume_point(ckpt_dir: Path, fp: str, max_epoch: int) -> dict[str, Any] | None:
+    """The newest readable checkpoint with a matching fingerprint; others are removed with a warning."""
+    best = None
+    for epoch, path in sorted(list_checkpoints(ckpt_dir).items(), reverse=True):
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("skipping %s", exc)
+            path.unlink()
+            continue
+        if ckpt.get("fingerprint") != fp or epoch > max_epoch or ckpt.get("epoch") != epoch:
+            log.warning("removing %s: it belongs to other params or data", path)
+            path.unlink()
+            continue
+        if best is None:
+            best = ckpt
+    return best
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data_root: Path,
+    ckpt_dir: Path,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train, writing ``ckpt_dir/epoch_NNN.pt`` at the saved epochs; return the training history.
+
+    With ``resume``, an existing checkpoint of the same fingerprint is continued from (model, optimizer,
+    and both RNG states), which gives bit-identical results to an uninterrupted run on CPU.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    x, y = load_split(data_root, "train")
+    fp = fingerprint(model_cfg, train_cfg, data_root)
+    saved = set(train_cfg.saved_epochs())
+
+    torch.manual_seed(train_cfg.seed)
+    model = MLP(x.shape[1], model_cfg.hidden, model_cfg.activation, NUM_CLASSES)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=train_cfg.lr,
+        momentum=train_cfg.momentum,
+        nesterov=train_cfg.nesterov,
+        weight_decay=train_cfg.weight_decay,
+    )
+    batches = torch.Generator().manual_seed(train_cfg.seed)
+    history: list[dict[str, Any]] = []
+    start = 0
+
+    ckpt = _find_resume_point(ckpt_dir, fp, train_cfg.epochs) if resume else None
+    if ckpt is not None:
+        start = ckpt["epoch"]
+        model = model_from_checkpoint(ckpt)
+        opt = torch.optim.SGD(model.parameters(), lr=train_cfg.lr)
+        opt.load_state_dict(ckpt["optimizer_state"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        batches.set_state(ckpt["rng"]["batches"])
+        history = [{**h, "wall_time_s": None} for h in ckpt["history"]]  # times of the killed run are lost
+        log.info("resuming from %s (epoch %d of %d)", checkpoint_path(ckpt_dir, start), start, train_cfg.epochs)
+    elif not resume:
+        for path in list_checkpoints(ckpt_dir).values():
+            path.unlink()
+
+    def save(epoch: int) -> None:
+        save_checkpoint(
+            checkpoint_path(ckpt_dir, epoch),
+            {
+                "epoch": epoch,
+                "model": model.spec,
+                "model_state": model.state_dict(),
+                "optimizer": {
+                    "lr": train_cfg.lr,
+                    "momentum": train_cfg.momentum,
+                    "nesterov": train_cfg.nesterov,
+                    "weight_decay": train_cfg.weight_decay,
+                    "batch_size": train_cfg.batch_size,
+                },
+                "optimizer_state": opt.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "batches": batches.get_state()},
+                "fingerprint": fp,
+                # wall times are left out so that checkpoints are bit-identical across runs
+                "history": [{k: v for k, v in h.items() if k != "wall_time_s"} for h in history],
+            },
+        )
+
+    if start == 0:
+        save(0)
+    diverged_epoch = next((h["epoch"] for h in history if h["diverged"]), None)
+    n = len(x)
+    for epoch in range(start + 1, train_cfg.epochs + 1):
+        if diverged_epoch is not None:
+            break
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=batches)
+        total, seen, diverged = 0.0, 0, False
+        bar = tqdm(range(0, n, train_cfg.batch_size), desc=f"epoch {epoch}/{train_cfg.epochs}", leave=False)
+        for i in bar:
+            idx = perm[i : i + train_cfg.batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            if not torch.isfinite(loss):
+                diverged = True
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        bar.close()
+        if not diverged:
+            diverged = not all(torch.isfinite(p).all() for p in model.parameters())
+        entry = {
+            "epoch": epoch,
+            "train_loss": (total / seen) if seen and not diverged else math.nan,
+            "wall_time_s": time.perf_counter() - t0,
+            "diverged": diverged,
+        }
+        history.append(entry)
+        if diverged:
+            diverged_epoch = epoch
+            log.warning("training diverged in epoch %d (non-finite loss or weights); stopping", epoch)
+            break
+        log.info("epoch %d/%d: running train loss %.4f (%.1f s)", epoch, train_cfg.epochs, entry["train_loss"],
+                 entry["wall_time_s"])
+        if epoch in saved:
+            save(epoch)
+    return {
+        "epochs": train_cfg.epochs,
+        "diverged": diverged_epoch is not None,
+        "diverged_epoch": diverged_epoch,
+        "history": history,
+        "checkpoints": sorted(list_checkpoints(ckpt_dir)),
+        "fingerprint": fp,
+    }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Build the project's virtual environment once and link it at .venv.
+# The environment lives outside the clone, keyed by a hash of requirements.txt and the Python version,
+# so CI and fresh clones on the same machine reuse it; a new machine builds it (about 4 minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+key=$( { cat requirements.txt; "$PY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16)
+cache=${LANDSCAPE_ENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/landscape/envs}
+venv="$cache/venv-$key"
+mkdir -p "$cache"
+exec 9>"$cache/.lock-$key"
+flock 9
+if [ ! -f "$venv/.complete" ]; then
+  echo "building environment $venv (torch and friends: a few minutes) ..." >&2
+  rm -rf "$venv"
+  "$PY" -m venv "$venv"
+  "$venv/bin/pip" install --quiet --upgrade pip >&2 || true
+  "$venv/bin/pip" install --quiet -r requirements.txt >&2
+  touch "$venv/.complete"
+fi
+ln -sfn "$venv" .venv

@@ -1,0 +1,89 @@
+"""HVPs, Lanczos, power iteration and Hutchinson against exact Hessians."""
+
+import pytest
+import torch
+
+from landscape.curvature import HessianOperator, hutchinson_trace, lanczos, power_iteration
+from tests.helpers import dense_hessian, make_quadratic, tiny_network
+
+SPECTRUM = [10.0, 7.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.1, -0.3, -1.0, -12.0]
+
+
+def test_hvp_is_exact_for_the_whole_set_however_chunked():
+    model, c, s, loss_fn, H = make_quadratic(SPECTRUM, n_samples=50)
+    v = torch.randn(len(SPECTRUM), dtype=torch.float64)
+    for chunk, keep in ((50, True), (7, True), (7, False), (1, True)):
+        op = HessianOperator(model, c, s, loss_fn=loss_fn, chunk_size=chunk, keep_graph=keep)
+        torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-12, atol=1e-12)
+        # gradient of the mean loss over all 50 samples
+        g_exact = model.A @ (s[:, None] * (model.theta.detach() - c)).mean(0)
+        torch.testing.assert_close(op.grad, g_exact, rtol=1e-12, atol=1e-12)
+
+
+def test_hvp_depends_on_the_sample_set():
+    model, c, s, loss_fn, H = make_quadratic(SPECTRUM, n_samples=50)
+    op = HessianOperator(model, c[:10], s[:10], loss_fn=loss_fn, chunk_size=4)
+    v = torch.ones(len(SPECTRUM), dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), s[:10].mean() * model.A @ v)
+    assert not torch.allclose(op.matvec(v), H @ v)
+
+
+def test_lanczos_returns_largest_algebraic_not_largest_magnitude():
+    model, c, s, loss_fn, H = make_quadratic(SPECTRUM)
+    exact = torch.linalg.eigvalsh(H)
+    op = HessianOperator(model, c, s, loss_fn=loss_fn)
+    res = lanczos(op, k=3, max_iters=12, tol=1e-8, smallest=True)
+    assert res.lambda_max == pytest.approx(float(exact[-1]), rel=1e-9)
+    assert res.lambda_max > 0 > float(exact[0])  # the largest-magnitude eigenvalue is negative here
+    assert list(res.eigenvalues) == pytest.approx(exact.flip(0)[:3].tolist(), rel=1e-9)
+    assert res.smallest == pytest.approx(float(exact[0]), rel=1e-9)
+    assert all(res.converged) and max(res.residuals) < 1e-8
+    # power iteration, the reference method, converges to the largest magnitude (negative) one
+    pw = power_iteration(HessianOperator(model, c, s, loss_fn=loss_fn), max_iters=500, tol=1e-8)
+    assert pw.lambda_max == pytest.approx(float(exact[0]), rel=1e-6)
+
+
+def test_lanczos_flags_non_convergence_honestly():
+    model, c, s, loss_fn, _ = make_quadratic([1.0 + 0.01 * i for i in range(60)])
+    res = lanczos(HessianOperator(model, c, s, loss_fn=loss_fn), max_iters=3, tol=1e-10)
+    assert res.converged == (False,) and res.residuals[0] > 1e-10
+    assert res.num_products == 3 + 1  # three Lanczos steps + one measured residual
+
+
+def test_tiny_network_top5_match_dense_hessian():
+    model, x, y = tiny_network("tanh")
+    exact = torch.linalg.eigvalsh(dense_hessian(model, x, y)).flip(0)
+    op = HessianOperator(model, x, y, chunk_size=16)
+    res = lanczos(op, k=5, max_iters=150, tol=1e-9)
+    rel = (torch.tensor(res.eigenvalues) - exact[:5]).abs() / exact[:5].abs()
+    assert rel.max() <= 1e-4, (res.eigenvalues, exact[:5])
+    assert all(res.converged)
+
+
+def test_tiny_relu_network_lambda_max_and_grad_norm():
+    model, x, y = tiny_network("relu", seed=3)
+    H = dense_hessian(model, x, y)
+    exact = torch.linalg.eigvalsh(H)
+    op = HessianOperator(model, x, y, chunk_size=7)
+    res = lanczos(op, k=1, max_iters=150, tol=1e-9)
+    assert res.lambda_max == pytest.approx(float(exact[-1]), rel=1e-4)
+    # grad of the mean loss by plain autograd on the whole set
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert float(op.grad.norm()) == pytest.approx(float(g.norm()), rel=1e-10)
+
+
+def test_hutchinson_trace_within_three_standard_errors():
+    model, x, y = tiny_network("tanh")
+    exact = float(torch.trace(dense_hessian(model, x, y)))
+    res = hutchinson_trace(HessianOperator(model, x, y), samples=200, seed=1)
+    assert res.samples == 200 and res.num_products == 200
+    assert abs(res.trace - exact) <= 3 * res.stderr
+    assert res.stderr < 0.2 * abs(exact)  # the error bar is informative, not vacuous
+
+
+def test_hutchinson_on_quadratic_is_unbiased():
+    model, c, s, loss_fn, H = make_quadratic(SPECTRUM)
+    res = hutchinson_trace(HessianOperator(model, c, s, loss_fn=loss_fn), samples=400, seed=0)
+    assert abs(res.trace - float(torch.trace(H))) <= 3 * res.stderr
