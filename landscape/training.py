@@ -147,7 +147,8 @@ def train(
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=batches)
         total, seen, diverged = 0.0, 0, False
-        bar = tqdm(range(0, n, train_cfg.batch_size), desc=f"epoch {epoch}/{train_cfg.epochs}", leave=False)
+        bar = tqdm(range(0, n, train_cfg.batch_size), desc=f"epoch {epoch}/{train_cfg.epochs}", leave=False,
+                   mininterval=1.0)
         for i in bar:
             idx = perm[i : i + train_cfg.batch_size]
             loss = F.cross_entropy(model(x[idx]), y[idx])
@@ -159,7 +160,7 @@ def train(
             opt.step()
             total += loss.item() * len(idx)
             seen += len(idx)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
+            bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         bar.close()
         if not diverged:
             diverged = not all(torch.isfinite(p).all() for p in model.parameters())

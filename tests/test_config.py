@@ -1,0 +1,126 @@
+"""Bad params fail before any work with one line naming the key, the value and what is allowed."""
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from landscape.config import ConfigError, Params, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_change(path: str, value, delete: bool = False) -> dict:
+    raw = copy.deepcopy(DEFAULT)
+    *parents, last = path.split(".")
+    node = raw
+    for p in parents:
+        node = node[p]
+    if delete:
+        del node[last]
+    else:
+        node[last] = value
+    return raw
+
+
+def test_default_params_are_valid_and_reproduce_the_original_study():
+    p = parse_params(DEFAULT)
+    assert p == Params()  # params.yaml spells out exactly the defaults
+    assert p.data.dataset == "mnist" and p.train.momentum == 0.9 and p.train.epochs == 10
+    assert p.probed_epochs() == list(range(11))
+    assert (p.interpolate.start_epoch, p.resolved_end_epoch()) == (2, 10)
+
+
+# (dotted key, bad value, words the message must contain)
+CASES = [
+    ("train.lr", -0.1, ["train.lr", "-0.1", "greater than 0"]),
+    ("train.lr", "fast", ["train.lr", "'fast'", "number"]),
+    ("train.epochs", 0, ["train.epochs", "greater than or equal to 1"]),
+    ("train.epochs", 2.5, ["train.epochs", "2.5", "integer"]),
+    ("train.momentum", 1.0, ["train.momentum", "less than 1"]),
+    ("train.batch_size", True, ["train.batch_size", "True", "integer"]),
+    ("model.activation", "swish", ["model.activation", "'swish'", "'relu'", "'tanh'", "'gelu'"]),
+    ("model.hidden", [], ["model.hidden", "at least one"]),
+    ("model.hidden", [256, -3], ["model.hidden", "1..65536"]),
+    ("data.dataset", "cifar10", ["data.dataset", "'mnist'", "'fashion-mnist'"]),
+    ("data.source", "/nonexistent/idx", ["data.source", "does not exist", "auto, download, offline"]),
+    ("data.train_samples", -5, ["data.train_samples", "greater than 0"]),
+    ("probe.samples", 0, ["probe.samples", "greater than or equal to 1"]),
+    ("probe.tol", 2.0, ["probe.tol", "less than 1"]),
+    ("probe.lanczos_iters", 1, ["probe.lanczos_iters", "greater than or equal to 2"]),
+    ("interpolate.start_epoch", 11, ["interpolate.start_epoch", "11", "saved epochs", "[0, 1, 2"]),
+    ("interpolate.end_epoch", 50, ["interpolate.end_epoch", "50", "saved epochs"]),
+    ("interpolate.start_epoch", 10, ["interpolate.start_epoch", "equals interpolate.end_epoch"]),
+    ("interpolate.alpha_min", 0.5, ["interpolate.alpha_min", "<= 0"]),
+    ("interpolate.points", 1, ["interpolate.points", "greater than or equal to 2"]),
+    ("plot.style", "seaborn-fancy", ["plot.style", "'ggplot'"]),
+    ("train.learning_rate", 0.1, ["unknown key 'train.learning_rate'", "did you mean 'train.lr'", "allowed keys"]),
+    ("probe.sharpnes_radius", 0.1, ["unknown key", "did you mean 'probe.sharpness_radius'"]),
+    ("optimizer", {"lr": 1}, ["unknown key 'optimizer'", "allowed keys here: data, model, train"]),
+    ("train", 5, ["train = 5", "must be a mapping"]),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "words"), CASES, ids=[f"{c[0]}={c[1]!r}" for c in CASES])
+def test_bad_value_names_key_value_and_allowed(key, value, words):
+    with pytest.raises(ConfigError) as exc:
+        parse_params(with_change(key, value))
+    msg = str(exc.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, f"{w!r} not in {msg!r}"
+
+
+def test_cross_group_checks():
+    raw = with_change("train.checkpoint_every", 4)  # saved: 0, 4, 8, 10 -> start_epoch 2 has no checkpoint
+    with pytest.raises(ConfigError, match=r"interpolate.start_epoch = 2: no checkpoint .* \[0, 4, 8, 10\]"):
+        parse_params(raw)
+    raw = with_change("data.source", "offline")
+    raw["data"]["dataset"] = "fashion-mnist"
+    with pytest.raises(ConfigError, match="offline source ships MNIST digits only"):
+        parse_params(raw)
+    raw = with_change("data.train_samples", 100)
+    with pytest.raises(ConfigError, match=r"probe.samples = 2048 exceeds data.train_samples = 100; allowed: 1..100"):
+        parse_params(raw)
+    with pytest.raises(ConfigError, match="nesterov"):
+        parse_params({"train": {"nesterov": True, "momentum": 0.0}})
+
+
+def test_idx_directory_without_files(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"data.source = .* lacks the IDX file\(s\) train-labels-idx1-ubyte"):
+        parse_params(with_change("data.source", str(tmp_path)))
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("", "params.yaml is empty"),
+    ("train: [1, 2\nmodel: {", "not valid YAML"),
+    ("- a\n- b\n", "must be a mapping"),
+])
+def test_unreadable_files(tmp_path, text, words):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=words):
+        load_params(p)
+
+
+def test_stage_fails_before_work_and_leaves_outputs_untouched(tmp_path):
+    """A stage run by DVC: exit code 2, one line on stderr, nothing written or modified."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("train.lr", -1.0)))
+    (tmp_path / "data").mkdir()
+    sentinel = tmp_path / "data" / "dataset.json"
+    sentinel.write_text('{"previous": true}\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for stage in ("download", "train", "probe", "interpolate", "plot", "track"):
+        proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (stage, proc.stderr)
+        err = proc.stderr.strip().splitlines()
+        assert err[-1] == "error: params.yaml: train.lr = -1.0 is invalid: Input should be greater than 0", err
+    assert sentinel.read_text() == '{"previous": true}\n'
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "dataset.json", "params.yaml"]
