@@ -1,0 +1,111 @@
+"""End to end: `dvc repro` on a temp copy with tiny params; selective reruns; the MLflow run read back."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.pipeline import make_project, reproduce, set_params, stage_env
+
+pytestmark = pytest.mark.slow
+
+SEED_KEYS = {"epoch", "train_loss", "test_loss", "test_accuracy", "grad_norm", "lambda_max",
+             "directional_sharpness", "lgdi", "stability_ratio"}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("project"))
+
+
+def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
+    ran = reproduce(project, monkeypatch)
+    assert ran == ["download", "train", "probe", "interpolate", "plot", "track"]
+
+    metrics = json.loads((project / "mnist_geometry_metrics.json").read_text())
+    assert [r["epoch"] for r in metrics] == [0, 1, 2]
+    for r in metrics:
+        assert SEED_KEYS <= r.keys()
+        assert all(math.isfinite(r[k]) for k in SEED_KEYS)
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["lambda_max"] > 0 and r["grad_norm"] > 0
+        assert r["stability_ratio"] == pytest.approx(r["lr"] * r["lambda_max"])
+        assert r["stability_threshold"] == pytest.approx(2 * (1 + 0.9))
+        assert r["lambda_max_converged"] and r["lambda_max_residual"] <= 1e-4
+        assert r["probe_samples"] == 128 and r["hvp_count"] > 2
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]  # it trained
+    line = json.loads((project / "line_loss.json").read_text())
+    assert [p["alpha"] for p in line] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all({"alpha", "loss", "test_loss", "test_accuracy"} <= p.keys() for p in line)
+    # the endpoints of the line are the checkpoints' full-split train losses
+    assert line[0]["loss"] == pytest.approx(metrics[0]["train_loss"], rel=1e-9)
+    assert line[-1]["loss"] == pytest.approx(metrics[-1]["train_loss"], rel=1e-9)
+    indices = json.loads((project / "reports/probe_indices.json").read_text())
+    assert len(indices["indices"]) == 128 and indices["seed"] == 0
+    assert sorted(p.name for p in (project / "plots").iterdir()) == [
+        "curvature.png", "line_loss.png", "loss_accuracy.png", "sharpness.png", "stability.png"]
+
+    # notebook API: the probe set the stage used, and the model of a checkpoint
+    sys.path.insert(0, str(project))
+    from landscape.checkpoints import load_model
+    from landscape.data import probe_set
+    from landscape.evaluation import evaluate
+
+    x, y = probe_set(project / "data", 128, 0)
+    model = load_model(project / "checkpoints/epoch_002.pt")
+    assert evaluate(model, x, y)[0] == pytest.approx(metrics[-1]["probe_loss"], rel=1e-6)
+
+    # an unchanged pipeline runs nothing
+    assert reproduce(project, monkeypatch) == []
+
+    # the MLflow run holds everything
+    from mlflow.tracking import MlflowClient
+
+    run_info = json.loads((project / "reports/mlflow_run.json").read_text())
+    assert run_info["tracking_uri"] == f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=run_info["tracking_uri"])
+    run = client.get_run(run_info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.05" and run.data.params["model.hidden"] == "[32]"
+    history = client.get_metric_history(run.info.run_id, "lambda_max")
+    assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["lambda_max"]) for r in metrics]
+    assert run.data.metrics["summary.final_test_accuracy"] == pytest.approx(metrics[-1]["test_accuracy"])
+    assert "summary.line.barrier_height" in run.data.metrics
+    for name in ("mnist_geometry_metrics.json", "line_loss.json"):
+        local = client.download_artifacts(run.info.run_id, f"outputs/{name}", str(tmp_path))
+        assert open(local, "rb").read() == (project / name).read_bytes()
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} >= {"plots/curvature.png"}
+    assert run.data.tags["mlflow.source.git.commit"] != "unknown"
+    runs_before = client.search_runs([run.info.experiment_id])
+
+    # editing a plot key reruns only plot and track, and makes a new parent run (a new configuration)
+    set_params(project, {"plot": {"dpi": 80}})
+    assert reproduce(project, monkeypatch) == ["plot", "track"]
+    assert len(client.search_runs([run.info.experiment_id])) == len(runs_before) + 1
+
+    # a forced track stage on an unchanged state finds its run and logs nothing new
+    assert reproduce(project, monkeypatch, targets=["track"], force=True, single_item=True) == ["track"]
+    assert len(client.search_runs([run.info.experiment_id])) == len(runs_before) + 1
+    assert json.loads((project / "reports/mlflow_run.json").read_text())["reused"] is True
+
+    # editing a probe key reruns probe, plot, track — not download, train or interpolate
+    set_params(project, {"probe": {"sharpness_directions": 2}})
+    assert reproduce(project, monkeypatch) == ["probe", "plot", "track"]
+
+
+def test_dvc_metrics_and_plots_commands(project):
+    env = stage_env()
+    dvc = [sys.executable, "-m", "dvc"]
+    if not (project / "dvc.lock").exists():
+        pytest.skip("needs the pipeline run by test_pipeline_end_to_end")
+    out = subprocess.run([*dvc, "metrics", "show", "--json"], cwd=project, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    flat = json.dumps(shown)
+    assert "final_test_accuracy" in flat and "barrier_height" in flat
+    out = subprocess.run([*dvc, "plots", "show", "-o", "dvc_plots"], cwd=project, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    html = (project / "dvc_plots" / "index.html").read_text()
+    assert "lambda_max" in html and "alpha" in html
