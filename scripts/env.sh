@@ -15,8 +15,8 @@ if [ ! -f "$venv/.complete" ]; then
   echo "building environment $venv (torch and friends: a few minutes) ..." >&2
   rm -rf "$venv"
   "$PY" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --upgrade pip >&2 || true
-  "$venv/bin/pip" install --quiet -r requirements.txt >&2
+  # (the machine's pip config lists local indexes that may be absent: drop those warnings)
+  "$venv/bin/pip" install --quiet -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
   touch "$venv/.complete"
 fi
 ln -sfn "$venv" .venv

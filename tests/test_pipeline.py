@@ -109,3 +109,24 @@ def test_dvc_metrics_and_plots_commands(project):
     assert out.returncode == 0, out.stderr
     html = (project / "dvc_plots" / "index.html").read_text()
     assert "lambda_max" in html and "alpha" in html
+
+
+def test_dvc_exp_run_and_show(project):
+    """`dvc exp run -S train.lr=0.1` works and `dvc exp show` lists its metrics; MLflow gets a tagged run."""
+    env = stage_env()
+    dvc = [sys.executable, "-m", "dvc"]
+    out = subprocess.run([*dvc, "exp", "run", "-S", "train.lr=0.1", "-n", "lr-0.1"], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = subprocess.run([*dvc, "exp", "show", "--json"], cwd=project, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "lr-0.1" in text and "final_test_accuracy" in text and "barrier_height" in text
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs(client.get_experiment_by_name("landscape").experiment_id,
+                              filter_string="tags.`dvc.exp_name` = 'lr-0.1'")
+    assert len(runs) == 1 and runs[0].data.params["train.lr"] == "0.1"
+    assert runs[0].info.status == "FINISHED"
