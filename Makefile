@@ -28,6 +28,7 @@ ui: env
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 bench: env
+	pip install --quiet --no-deps pyhessian==0.1 2>&1 | grep -v "is ignored" || true
 	python -m benchmarks.curvature
 
 clean:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.errors import LandscapeError
 from landscape.io import save_torch
 from landscape.models import build_model
 
@@ -35,7 +36,7 @@ FORMAT = "landscape.checkpoint/1"
 _NAME = re.compile(r"^epoch_(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LandscapeError):
     """A checkpoint that is missing, truncated, of another format, or unsafe to unpickle."""
 
 

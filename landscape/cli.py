@@ -18,15 +18,12 @@ import sys
 from collections.abc import Callable
 
 
-class StageError(RuntimeError):
-    """A stage cannot proceed; the message says why and what to do."""
+from landscape.errors import LandscapeError as StageError
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
     """Run ``main`` with logging; turn known failures into one line on stderr and a non-zero exit."""
-    from landscape.checkpoints import CheckpointError
     from landscape.config import ConfigError
-    from landscape.data import DataError
 
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(levelname)s %(name)s: %(message)s")
     try:
@@ -34,6 +31,6 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (DataError, CheckpointError, StageError) as exc:
+    except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

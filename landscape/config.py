@@ -98,6 +98,10 @@ class ProbeConfig(_Group):
     sharpness_directions: int = Field(default=8, ge=1)
     sharpness_radius: float = Field(default=0.5, gt=0)
     trace_samples: int = Field(default=8, ge=0)
+    top_k: int = Field(default=1, ge=1, le=100)
+    density_epochs: Literal["last", "all", "none"] | list[int] = "last"
+    density_runs: int = Field(default=4, ge=1)
+    density_steps: int = Field(default=40, ge=2, le=1000)
     eval_batch_size: int = Field(default=4096, ge=1)
 
 
@@ -156,6 +160,15 @@ class Params(_Group):
                 "allowed: two different saved epochs",
                 key="interpolate.start_epoch",
             )
+        de = self.probe.density_epochs
+        if isinstance(de, list):
+            bad = [e for e in de if e not in self.probed_epochs()]
+            if bad:
+                raise ConfigError(
+                    f"params.yaml: probe.density_epochs = {de}: epoch(s) {bad} are not probed; allowed: "
+                    f"last | all | none | a list from the probed epochs {_short(self.probed_epochs())}",
+                    key="probe.density_epochs",
+                )
         if self.data.source == "offline" and self.data.dataset != "mnist":
             raise ConfigError(
                 f"params.yaml: data.source = offline with data.dataset = {self.data.dataset}: the offline source ships "
@@ -177,6 +190,12 @@ class Params(_Group):
         """Every ``probe.every``-th saved checkpoint, always including the last one."""
         saved = self.train.saved_epochs()
         return sorted(set(saved[:: self.probe.every]) | {saved[-1]})
+
+    def density_epochs(self) -> list[int]:
+        """Epochs whose Hessian spectral density is estimated (``probe.density_epochs`` resolved)."""
+        de = self.probe.density_epochs
+        probed = self.probed_epochs()
+        return {"last": probed[-1:], "all": probed, "none": []}[de] if isinstance(de, str) else sorted(de)
 
 
 def _short(values: list[int]) -> str:

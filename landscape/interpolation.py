@@ -64,6 +64,34 @@ def barrier_height(alphas: list[float], losses: list[float]) -> dict[str, float]
     }
 
 
+def resolve_endpoints(ckpt_dir: str, start: int, end: int) -> tuple[int, int, str | None]:
+    """The checkpoints to interpolate between. When training diverged, requested epochs past the last
+    finite checkpoint are replaced by it (documented in README; the note says so)."""
+    import logging
+
+    from landscape.checkpoints import list_checkpoints
+    from landscape.errors import LandscapeError
+
+    available = sorted(list_checkpoints(ckpt_dir))
+    if not available:
+        raise LandscapeError(f"no checkpoints in {ckpt_dir}/: run the train stage first")
+    last = available[-1]
+    resolved, notes = [], []
+    for name, epoch in (("start_epoch", start), ("end_epoch", end)):
+        if epoch in available:
+            resolved.append(epoch)
+        elif epoch > last:
+            notes.append(f"interpolate.{name} = {epoch} has no checkpoint (training stopped at epoch {last}, "
+                         f"diverged or interrupted); using the last finite checkpoint, epoch {last}")
+            resolved.append(last)
+        else:
+            raise LandscapeError(f"interpolate.{name} = {epoch}: no checkpoint for that epoch; allowed: {available}")
+    note = "; ".join(notes) or None
+    if note:
+        logging.getLogger(__name__).warning(note)
+    return resolved[0], resolved[1], note
+
+
 def interpolate_checkpoints(
     ckpt_dir: str,
     data_root: str,

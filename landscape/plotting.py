@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 
 from landscape.config import PlotConfig
 
-FIGURES = ("loss_accuracy", "curvature", "stability", "sharpness", "line_loss")
+FIGURES = ("loss_accuracy", "curvature", "stability", "sharpness", "line_loss", "spectrum")
 
 
 def _col(records: list[dict[str, Any]], key: str) -> list[float]:
@@ -31,17 +31,25 @@ def make_figures(
     metrics: list[dict[str, Any]],
     line: list[dict[str, Any]],
     line_summary: dict[str, Any],
+    spectra: list[dict[str, Any]],
+    history: dict[str, Any],
     cfg: PlotConfig,
     out_dir: Path,
 ) -> list[Path]:
-    """Write the five standard figures to ``out_dir``; return their paths."""
+    """Write the standard figures to ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plt.style.use(cfg.style)
     size = (cfg.width, cfg.height)
     ep = _col(metrics, "epoch")
     paths = [out_dir / f"{name}.png" for name in FIGURES]
-    eta = metrics[0]["lr"] if metrics else float("nan")
-    threshold = metrics[0]["stability_threshold"] if metrics else float("nan")
+    finite = [r for r in metrics if not r.get("diverged")]
+    eta = finite[0]["lr"] if finite else float("nan")
+    threshold = finite[0]["stability_threshold"] if finite else float("nan")
+    div = history.get("diverged_epoch")
+
+    def mark_divergence(ax: plt.Axes) -> None:
+        if div is not None:
+            ax.axvline(div, color="black", ls="-.", lw=1.5, label=f"diverged in epoch {div}")
 
     fig, ax = plt.subplots(figsize=size)
     ax.plot(ep, _col(metrics, "train_loss"), "o-", label="train loss")
@@ -51,9 +59,10 @@ def make_figures(
     ax2 = ax.twinx()
     ax2.plot(ep, _col(metrics, "test_accuracy"), "^--", color="tab:green", label="test accuracy")
     ax2.set_ylabel("test accuracy")
+    mark_divergence(ax)
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
-    ax.set_title("Loss and accuracy (full splits)")
+    ax.set_title("Loss and accuracy (full splits)" + (f"; training diverged in epoch {div}" if div else ""))
     _save(fig, paths[0], cfg)
 
     fig, ax = plt.subplots(figsize=size)
@@ -61,6 +70,7 @@ def make_figures(
     ax.axhline(threshold / eta, color="tab:red", ls="--", label=f"stability threshold {threshold:.3g}/η")
     ax.set_xlabel("epoch")
     ax.set_ylabel(r"$\lambda_{max}$")
+    mark_divergence(ax)
     ax.set_title(f"Top Hessian eigenvalue (η = {eta:g})")
     ax.legend()
     _save(fig, paths[1], cfg)
@@ -70,6 +80,7 @@ def make_figures(
     ax.plot(ep, _col(metrics, "lgdi"), "s-", label=r"lgdi $(\eta/2)\,g^THg/\|g\|^2$")
     ax.axhline(threshold, color="tab:red", ls="--", label=f"divergence threshold {threshold:.3g}")
     ax.axhline(1.0, color="gray", ls=":", label="lgdi = 1")
+    mark_divergence(ax)
     ax.set_xlabel("epoch")
     ax.set_title("Optimization stability")
     ax.legend()
@@ -96,11 +107,30 @@ def make_figures(
     ax.plot(al, _col(line, "loss"), "o-", ms=3, label="train loss")
     ax.plot(al, _col(line, "test_loss"), "s-", ms=3, label="test loss")
     s = line_summary
-    ax.plot([0.0, 1.0], [s["loss_start"], s["loss_end"]], "k*", ms=12,
-            label=f"endpoints: epoch {s['start_epoch']} (α=0), epoch {s['end_epoch']} (α=1)")
+    if line:
+        ax.plot([0.0, 1.0], [s["loss_start"], s["loss_end"]], "k*", ms=12,
+                label=f"endpoints: epoch {s['start_epoch']} (α=0), epoch {s['end_epoch']} (α=1)")
+        ax.set_title(f"Loss along the line (barrier height {s['barrier_height']:.3g})")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, f"no line: {s.get('skipped', 'no points')}", ha="center", wrap=True,
+                transform=ax.transAxes, fontsize=8)
+        ax.set_title("Loss along the line")
     ax.set_xlabel(r"$\alpha$,  $\theta(\alpha) = (1-\alpha)\theta_a + \alpha\theta_b$")
     ax.set_ylabel("cross-entropy (nats)")
-    ax.set_title(f"Loss along the line (barrier height {s['barrier_height']:.3g})")
-    ax.legend()
     _save(fig, paths[4], cfg)
+
+    fig, ax = plt.subplots(figsize=size)
+    for sp in spectra:
+        ax.semilogy(sp["grid"], [max(d, 1e-12) for d in sp["density"]], label=f"epoch {sp['epoch']}")
+    if spectra:
+        ax.set_ylim(bottom=max(1e-8, min(min(sp["density"]) for sp in spectra) * 10))
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no spectral density requested (probe.density_epochs: none)", ha="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("eigenvalue of $\\nabla^2 L_P$")
+    ax.set_ylabel("density (SLQ, Gaussian kernel)")
+    ax.set_title("Hessian eigenvalue density")
+    _save(fig, paths[5], cfg)
     return paths

@@ -11,6 +11,8 @@ mlflow is imported lazily: it costs seconds per process.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -23,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from landscape.errors import LandscapeError
 from landscape.io import read_json
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,21 @@ def get_or_create_experiment(client: Any, name: str, uri: str, root: Path) -> st
         return exp.experiment_id
 
 
+@contextlib.contextmanager
+def _store_lock(root: Path, uri: str):
+    """Serialize writers of one SQLite store (parallel queued experiments log into the same mlflow.db;
+    SQLite's first-use schema creation races otherwise)."""
+    if not uri.startswith("sqlite:"):
+        yield
+        return
+    with open(root / ".mlflow.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def log_pipeline(
     flat_params: dict[str, Any],
     experiment: str,
@@ -113,11 +131,35 @@ def log_pipeline(
     (line_loss.json), ``line_summary``, ``probe_summary``, ``history``, ``dataset``, ``probe_indices``, ``params``.
     """
     _prepare_env()
+    root = repo_root()
+    uri = tracking_uri(root)
+    try:
+        with _store_lock(root, uri):
+            return _log_pipeline(flat_params, experiment, run_name, workdir, files, figures, root, uri)
+    except LandscapeError:
+        raise
+    except Exception as exc:
+        log.debug("MLflow failure", exc_info=True)
+        detail = " ".join(str(exc).split())[:300]
+        raise LandscapeError(
+            f"MLflow tracking at {uri} failed ({type(exc).__name__}: {detail}); upstream outputs are intact: "
+            "fix the store (or unset MLFLOW_TRACKING_URI) and rerun `dvc repro` — only track will run"
+        ) from None
+
+
+def _log_pipeline(
+    flat_params: dict[str, Any],
+    experiment: str,
+    run_name: str | None,
+    workdir: Path,
+    files: dict[str, Path],
+    figures: list[Path],
+    root: Path,
+    uri: str,
+) -> dict[str, Any]:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    root = repo_root()
-    uri = tracking_uri(root)
     dataset = read_json(files["dataset"])
     key = run_key(files["params"], workdir, dataset)
     client = MlflowClient(tracking_uri=uri)
@@ -178,7 +220,7 @@ def log_pipeline(
             client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
         for name in ("metrics", "line", "line_summary", "probe_summary", "history", "dataset", "probe_indices",
-                     "params"):
+                     "spectrum", "params"):
             client.log_artifact(run_id, str(files[name]), artifact_path="outputs")
         for fig in figures:
             client.log_artifact(run_id, str(fig), artifact_path="plots")

@@ -1,13 +1,7 @@
 """Stage track: record this pipeline state as one MLflow parent run -> reports/mlflow_run.json."""
 
 from landscape import cli  # first: sets the thread/offline environment
-
-from pathlib import Path
-
 from landscape.config import flatten, load_params
-from landscape.io import write_json
-from landscape.plotting import FIGURES
-from landscape.tracking import log_pipeline
 
 FILES = {
     "metrics": "mnist_geometry_metrics.json",
@@ -17,12 +11,20 @@ FILES = {
     "history": "reports/train_history.json",
     "dataset": "data/dataset.json",
     "probe_indices": "reports/probe_indices.json",
+    "spectrum": "reports/spectrum.json",
     "params": "params.yaml",
 }
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params()  # validate before importing mlflow or touching any file
+
+    from pathlib import Path
+
+    from landscape.io import write_json
+    from landscape.plotting import FIGURES
+    from landscape.tracking import log_pipeline
+
     run = log_pipeline(
         flatten(params),
         params.track.experiment,

@@ -87,3 +87,34 @@ def test_hutchinson_on_quadratic_is_unbiased():
     model, c, s, loss_fn, H = make_quadratic(SPECTRUM)
     res = hutchinson_trace(HessianOperator(model, c, s, loss_fn=loss_fn), samples=400, seed=0)
     assert abs(res.trace - float(torch.trace(H))) <= 3 * res.stderr
+
+
+def test_spectral_density_recovers_a_known_spectrum():
+    from landscape.curvature import spectral_density
+
+    model, c, s, loss_fn, H = make_quadratic(SPECTRUM)
+    exact = torch.linalg.eigvalsh(H)
+    sd = spectral_density(HessianOperator(model, c, s, loss_fn=loss_fn), runs=30, steps=len(SPECTRUM), seed=0)
+    # with as many steps as dimensions the quadrature nodes are the eigenvalues, weights sum to 1 per run
+    for nodes, weights in zip(sd.nodes, sd.weights, strict=True):
+        assert sorted(nodes) == pytest.approx(exact.tolist(), rel=1e-8, abs=1e-8)
+        assert sum(weights) == pytest.approx(1.0, abs=1e-10)
+    grid, dens = torch.tensor(sd.grid), torch.tensor(sd.density)
+    assert float(torch.trapezoid(dens, grid)) == pytest.approx(1.0, abs=1e-3)
+    # its mean estimates tr(H)/n within the stated error
+    assert abs(sd.mean - float(torch.trace(H)) / len(SPECTRUM)) <= 3 * sd.mean_stderr
+    assert sd.num_products == 30 * len(SPECTRUM)
+
+
+def test_spectral_density_of_a_tiny_network_spans_its_spectrum():
+    from landscape.curvature import spectral_density
+
+    model, x, y = tiny_network("tanh")
+    exact = torch.linalg.eigvalsh(dense_hessian(model, x, y))
+    sd = spectral_density(HessianOperator(model, x, y), runs=8, steps=60, seed=1)
+    lo = min(min(n) for n in sd.nodes)
+    hi = max(max(n) for n in sd.nodes)
+    assert hi == pytest.approx(float(exact[-1]), rel=1e-6)  # extremes converge first in Lanczos
+    assert lo == pytest.approx(float(exact[0]), rel=1e-3)
+    assert abs(sd.mean - float(exact.mean())) <= 4 * sd.mean_stderr
+    assert float(torch.trapezoid(torch.tensor(sd.density), torch.tensor(sd.grid))) == pytest.approx(1.0, abs=1e-3)

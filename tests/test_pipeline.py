@@ -44,7 +44,10 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     indices = json.loads((project / "reports/probe_indices.json").read_text())
     assert len(indices["indices"]) == 128 and indices["seed"] == 0
     assert sorted(p.name for p in (project / "plots").iterdir()) == [
-        "curvature.png", "line_loss.png", "loss_accuracy.png", "sharpness.png", "stability.png"]
+        "curvature.png", "line_loss.png", "loss_accuracy.png", "sharpness.png", "spectrum.png", "stability.png"]
+    spectra = json.loads((project / "reports/spectrum.json").read_text())
+    assert [sp["epoch"] for sp in spectra] == [2]  # density_epochs: last
+    assert spectra[0]["nodes"][0][-1] == pytest.approx(metrics[-1]["lambda_max"], rel=0.02)
 
     # notebook API: the probe set the stage used, and the model of a checkpoint
     sys.path.insert(0, str(project))

@@ -1,0 +1,268 @@
+"""Curvature benchmarks — ratios measured side by side in one process; not tests.
+
+    python -m benchmarks.curvature            (or: make bench)
+
+1. HVP routes: cost of one Hessian-vector product as a multiple of one gradient on the same batch.
+2. λ_max against PyHessian 0.1 (if installed: ``pip install --no-deps pyhessian==0.1``): time and
+   Hessian-vector products to reach its accuracy, at a trained 784-256-256-10 checkpoint, 2,048 samples.
+3. Probe overhead: one default probe as a fraction of one default training epoch.
+4. Scaling: HVP time and peak memory across widths 256/512/1024 (each width in its own process).
+Results go to benchmarks/results/curvature.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, jvp
+
+from landscape.config import ProbeConfig
+from landscape.curvature import HessianOperator, lanczos, power_iteration
+from landscape.data import NORMALIZATION, offline_mnist
+from landscape.geometry import probe
+from landscape.io import write_json
+from landscape.models import MLP
+from landscape.parameters import flatten, unflatten
+
+OUT = Path(__file__).parent / "results" / "curvature.json"
+
+
+def data() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    raw = offline_mnist(0)
+    mean, std = NORMALIZATION["mnist"]
+
+    def prep(x, y):
+        return (torch.from_numpy(x.reshape(len(x), -1).copy()).float() / 255 - mean) / std, torch.from_numpy(y.copy())
+
+    return prep(raw.x_train, raw.y_train), prep(raw.x_test, raw.y_test)
+
+
+def train_epochs(model: torch.nn.Module, x, y, epochs: int, lr=0.05, bs=128, seed=0) -> float:
+    """Plain SGD(0.9) epochs; returns the mean wall time of one epoch."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(x), generator=g)
+        model.train()
+        for i in range(0, len(x), bs):
+            idx = perm[i : i + bs]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t0)
+    model.eval()
+    return statistics.mean(times)
+
+
+def timed(fn, repeat: int = 7) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def hvp_routes(model, x, y) -> dict:
+    params = list(model.parameters())
+    theta = flatten(model)
+    v = torch.randn(theta.numel())
+
+    def gradient():
+        torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), params)
+
+    cached = HessianOperator(model, x, y, chunk_size=len(x), keep_graph=True)
+    fresh = HessianOperator(model, x, y, chunk_size=len(x), keep_graph=False)
+
+    def loss_of(t):
+        return F.cross_entropy(functional_call(model, unflatten(t, model), (x,)), y)
+
+    def fwd_over_rev():
+        jvp(grad(loss_of), (theta,), (v,))
+
+    def autograd_hvp():
+        torch.autograd.functional.hvp(loss_of, theta, v)
+
+    t_grad = timed(gradient)
+    res = {"gradient_s": t_grad}
+    for name, fn in (("cached_graph_double_backward", lambda: cached.matvec(v)),
+                     ("fresh_double_backward", lambda: fresh.matvec(v)),
+                     ("torch_func_forward_over_reverse", fwd_over_rev),
+                     ("autograd_functional_hvp", autograd_hvp)):
+        t = timed(fn)
+        res[name] = {"seconds": t, "ratio_to_gradient": t / t_grad}
+    return res
+
+
+def against_pyhessian(model, x, y, seeds=(0, 1, 2)) -> dict:
+    ref = lanczos(HessianOperator(model, x, y, chunk_size=len(x)), k=1, max_iters=200, tol=1e-10).lambda_max
+    out: dict = {"reference_lambda_max": ref}
+    try:
+        import importlib
+
+        ph = importlib.import_module("pyhessian.hessian")  # the module (the package re-exports the class)
+    except ImportError:
+        out["pyhessian"] = "not installed (pip install --no-deps pyhessian==0.1)"
+    else:
+        counter = {"n": 0}
+        original = ph.hessian_vector_product
+
+        def counted(*a, **k):
+            counter["n"] += 1
+            return original(*a, **k)
+
+        ph.hessian_vector_product = counted
+        runs = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            counter["n"] = 0
+            t0 = time.perf_counter()
+            h = ph.hessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+            lam = h.eigenvalues(maxIter=100, tol=1e-3)[0][0]
+            runs.append({"seconds": time.perf_counter() - t0, "hvps": counter["n"],
+                         "rel_error": abs(lam - ref) / abs(ref)})
+            model.zero_grad(set_to_none=True)
+        ph.hessian_vector_product = original
+        out["pyhessian"] = runs
+    for tol in (1e-1, 3e-2, 1e-2, 1e-3, 1e-4):
+        runs = []
+        for seed in seeds:
+            t0 = time.perf_counter()
+            op = HessianOperator(model, x, y, chunk_size=len(x))
+            res = lanczos(op, k=1, max_iters=100, tol=tol, seed=seed)
+            runs.append({"seconds": time.perf_counter() - t0, "hvps": res.num_products,
+                         "lanczos_steps": res.iterations, "residual": res.residuals[0],
+                         "rel_error": abs(res.lambda_max - ref) / abs(ref)})
+        out[f"lanczos_tol_{tol:g}"] = runs
+    runs = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        op = HessianOperator(model, x, y, chunk_size=len(x))
+        res = power_iteration(op, max_iters=300, tol=1e-3, seed=seed)
+        runs.append({"seconds": time.perf_counter() - t0, "hvps": res.num_products, "residual": res.residuals[0],
+                     "rel_error": abs(res.lambda_max - ref) / abs(ref)})
+    out["power_iteration_residual_1e-3"] = runs
+    return out
+
+
+def probe_overhead(model_cfg_hidden, train, test) -> dict:
+    torch.manual_seed(0)
+    model = MLP(784, model_cfg_hidden, "relu", 10)
+    t_epoch = train_epochs(model, *train, epochs=2)
+    cfg = ProbeConfig()
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(len(train[0]), generator=g)[: cfg.samples]
+    t0 = time.perf_counter()
+    rec, _ = probe(model, train, test, (train[0][idx], train[1][idx]), {"lr": 0.05, "momentum": 0.9,
+                                                                         "nesterov": False}, cfg)
+    t_probe = time.perf_counter() - t0
+    return {"train_epoch_s": t_epoch, "probe_s": t_probe, "probe_fraction_of_epoch": t_probe / t_epoch,
+            "train_examples": len(train[0]), "probe_hvps": rec["hvp_count"],
+            "note": "per-epoch probe vs one epoch of training on the same split at default params"}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def scaling_one(width: int) -> dict:
+    (x, y), _ = data()
+    x, y = x[:2048], y[:2048]
+    torch.manual_seed(0)
+    model = MLP(784, [width, width], "relu", 10).eval()
+    base = _rss_mb()
+    op = HessianOperator(model, x, y, chunk_size=2048)
+    v = torch.randn(op.n)
+    t_hvp = timed(lambda: op.matvec(v), repeat=5)
+    held = _rss_mb() - base  # the cached first-order graph and buffers
+    params = list(model.parameters())
+    t_grad = timed(lambda: torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), params), repeat=5)
+    return {"width": width, "params": op.n, "hvp_s": t_hvp, "gradient_s": t_grad, "ratio": t_hvp / t_grad,
+            "rss_held_mb": held, "hvp_us_per_param": 1e6 * t_hvp / op.n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scaling-one", type=int)
+    args = ap.parse_args()
+    if args.scaling_one:
+        print(json.dumps(scaling_one(args.scaling_one)))
+        return
+    torch.manual_seed(0)
+    train, test = data()
+    model = MLP(784, [256, 256], "relu", 10)
+    train_epochs(model, *train, epochs=3)  # a trained checkpoint
+    xp, yp = train[0][:2048], train[1][:2048]
+    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "setup":
+               "784-256-256-10 ReLU MLP after 3 epochs of SGD(0.05, 0.9) on the offline MNIST digits; 2,048 samples"}
+    results["hvp_routes"] = hvp_routes(model, xp, yp)
+    results["lambda_max"] = against_pyhessian(model, xp, yp)
+    results["probe_overhead"] = probe_overhead([256, 256], train, test)
+    results["scaling"] = [json.loads(subprocess.run([sys.executable, "-m", "benchmarks.curvature", "--scaling-one",
+                                                     str(w)], capture_output=True, text=True, check=True).stdout)
+                          for w in (256, 512, 1024)]
+    write_json(OUT, results)
+    report(results)
+
+
+def _mean(runs, key):
+    return statistics.mean(r[key] for r in runs)
+
+
+def report(r: dict) -> None:
+    print(f"\n{r['setup']}; torch {r['torch']}, {r['threads']} threads\n")
+    print("HVP route                          time/HVP   × gradient")
+    for k, v in r["hvp_routes"].items():
+        if isinstance(v, dict):
+            print(f"  {k:32s} {v['seconds'] * 1e3:7.1f} ms   {v['ratio_to_gradient']:5.2f}×")
+    lm = r["lambda_max"]
+    print(f"\nλ_max (reference {lm['reference_lambda_max']:.6g}), mean over seeds")
+    print("  method                          seconds   HVPs   rel. error")
+    rows = [("pyhessian power (tol 1e-3)", lm["pyhessian"])] if isinstance(lm["pyhessian"], list) else []
+    rows += [(f"lanczos residual tol {t:g}", lm[f"lanczos_tol_{t:g}"]) for t in (1e-1, 3e-2, 1e-2, 1e-3, 1e-4)]
+    rows += [("power iteration, residual 1e-3", lm["power_iteration_residual_1e-3"])]
+    for name, runs in rows:
+        print(f"  {name:31s} {_mean(runs, 'seconds'):7.3f}  {_mean(runs, 'hvps'):5.1f}   "
+              f"{max(x['rel_error'] for x in runs):.1e}")
+    if isinstance(lm["pyhessian"], list):
+        target = max(x["rel_error"] for x in lm["pyhessian"])
+        ok = [(t, lm[f"lanczos_tol_{t:g}"]) for t in (1e-1, 3e-2, 1e-2, 1e-3, 1e-4)
+              if max(x["rel_error"] for x in lm[f"lanczos_tol_{t:g}"]) <= target]
+        if ok:
+            t, runs = min(ok, key=lambda tr: _mean(tr[1], "seconds"))
+            ratio = _mean(runs, "seconds") / _mean(lm["pyhessian"], "seconds")
+            print(f"  at PyHessian's accuracy ({target:.1e}): lanczos (tol {t:g}) takes {ratio:.2f}× its time")
+            lm["time_ratio_at_pyhessian_accuracy"] = ratio
+    if not isinstance(lm["pyhessian"], list):
+        print(f"  pyhessian: {lm['pyhessian']}")
+    po = r["probe_overhead"]
+    print(f"\nprobe overhead: probe {po['probe_s']:.2f} s / train epoch {po['train_epoch_s']:.2f} s "
+          f"({po['train_examples']} examples) = {po['probe_fraction_of_epoch']:.0%}")
+    print("\nscaling (2 hidden layers, 2,048 samples)")
+    print("  width   params     HVP ms   grad ms   ratio   µs/param   RSS held by operator, MB")
+    for s in r["scaling"]:
+        print(f"  {s['width']:5d} {s['params']:8d}  {s['hvp_s'] * 1e3:8.1f}  {s['gradient_s'] * 1e3:8.1f}  "
+              f"{s['ratio']:5.2f}  {s['hvp_us_per_param']:8.4f}   {s['rss_held_mb']:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
