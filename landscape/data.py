@@ -206,7 +206,10 @@ def acquire(dataset: str, source: str, seed: int, timeout: float, cache_dir: Pat
             raw = offline_mnist(seed)
             raw.info["fallback_reason"] = reason
     else:
-        raw = load_idx_dir(Path(source))
+        try:
+            raw = load_idx_dir(Path(source))
+        except (DataError, ValueError) as exc:
+            raise DataError(f"data.source = {source}: {exc}") from None
     raw.info.update({"dataset": dataset, "source_requested": source})
     return raw
 

@@ -1,0 +1,264 @@
+"""Nothing lost, nothing faked: determinism, resume after SIGKILL, divergence as data, hostile inputs,
+MLflow faults (a real server), parallel queued experiments, data integrity. Real processes, no mocks."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.pipeline import make_project, set_params, stage_env
+from tests.test_config import CASES, DEFAULT, with_change
+
+pytestmark = pytest.mark.slow
+DVC = [sys.executable, "-m", "dvc"]
+COMPARED = ["mnist_geometry_metrics.json", "line_loss.json", "checkpoints/epoch_002.pt"]
+
+
+def dvc(project: Path, *args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([*DVC, *args], cwd=project, env=env or stage_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def ran_stages(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of the tiny pipeline."""
+    project = make_project(tmp_path_factory.mktemp("reference"))
+    proc = dvc(project, "repro")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return project
+
+
+def test_two_runs_from_scratch_are_byte_identical(reference, tmp_path):
+    other = make_project(tmp_path)
+    proc = dvc(other, "repro")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in COMPARED:
+        assert (other / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+SLOW_TRAIN = {"model": {"hidden": [512, 512]}, "data": {"train_samples": 4000}, "train": {"epochs": 6},
+              "interpolate": {"start_epoch": 2}}
+
+
+def test_sigkill_during_training_resumes_from_last_checkpoint(tmp_path):
+    killed = make_project(tmp_path / "killed", SLOW_TRAIN)
+    proc = subprocess.Popen([*DVC, "repro"], cwd=killed, env=stage_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints/epoch_002.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be interrupted"
+        time.sleep(0.02)
+    time.sleep(0.3)  # inside epoch 3
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    epochs = sorted(p.name for p in (killed / "checkpoints").glob("epoch_*.pt"))
+    assert "epoch_006.pt" not in epochs, "training finished before the kill: make it slower"
+    rerun = dvc(killed, "repro")
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    log = rerun.stdout + rerun.stderr
+    assert "resuming from checkpoints/epoch_00" in log, log[-3000:]
+    fresh = make_project(tmp_path / "fresh", SLOW_TRAIN)
+    assert dvc(fresh, "repro").returncode == 0
+    for name in ["checkpoints/epoch_006.pt", "mnist_geometry_metrics.json", "line_loss.json"]:
+        assert (killed / name).read_bytes() == (fresh / name).read_bytes(), name
+
+
+def test_divergence_is_a_result_not_a_crash(tmp_path):
+    project = make_project(tmp_path, {"train": {"lr": 1.0e4}})
+    proc = dvc(project, "repro")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    history = json.loads((project / "reports/train_history.json").read_text())
+    d = history["diverged_epoch"]
+    assert history["diverged"] and d in (1, 2)
+    records = json.loads((project / "mnist_geometry_metrics.json").read_text())
+    assert [(r["epoch"], r["diverged"]) for r in records] == [(e, e >= d) for e in (0, 1, 2)]
+    assert records[0]["lambda_max"] > 0 and records[-1]["lambda_max"] is None
+    summary = json.loads((project / "reports/line_summary.json").read_text())
+    line = json.loads((project / "line_loss.json").read_text())
+    if d == 1:  # only the initialization is finite: no line to draw, said so
+        assert "diverged or interrupted" in summary["skipped"] and line == []
+    else:  # the end point falls back to the last finite checkpoint, said so
+        assert summary["end_epoch"] == d - 1 and "last finite checkpoint" in summary["note"] and line
+    from mlflow.tracking import MlflowClient
+
+    run_info = json.loads((project / "reports/mlflow_run.json").read_text())
+    run = MlflowClient(run_info["tracking_uri"]).get_run(run_info["run_id"])
+    assert run.data.tags["landscape.diverged"] == f"epoch {d}"
+
+
+HOSTILE = [(f"{k}={v!r}", with_change(k, v), k.split(".")[0] if k in ("optimizer", "train") else k)
+           for k, v, _ in CASES]
+HOSTILE += [
+    ("empty file", "", "params.yaml is empty"),
+    ("not YAML", "train: [1, 2\n  model: {", "not valid YAML"),
+    ("a list", "- 1\n- 2\n", "must be a mapping"),
+    ("typo in group", {**DEFAULT, "trian": {"lr": 0.1}}, "did you mean 'train'"),
+    ("never trained epoch", with_change("interpolate.end_epoch", 12), "interpolate.end_epoch"),
+    ("density epoch not probed", with_change("probe.density_epochs", [42]), "probe.density_epochs"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_idx_dirs(tmp_path_factory):
+    from landscape.data import offline_mnist
+    from tests.test_data import idx_dir, write_idx
+
+    raw = offline_mnist(0)
+    trunc = idx_dir(tmp_path_factory.mktemp("trunc"), raw)
+    p = trunc / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-500])
+    label = idx_dir(tmp_path_factory.mktemp("label"), raw)
+    import numpy as np
+
+    write_idx(label / "t10k-labels-idx1-ubyte", np.full(20, 11))
+    return {"truncated IDX": (trunc, "truncated or padded IDX file"), "mislabelled IDX": (label, "labels must be 0..9")}
+
+
+def test_hostile_inputs_fail_early_with_one_line_and_touch_nothing(reference, bad_idx_dirs):
+    """≥ 25 bad params.yaml files: exit ≠ 0, one line naming the key, no output modified."""
+    outputs = {p: p.read_bytes() for p in reference.rglob("*") if p.is_file() and ".git" not in p.parts
+               and ".dvc" not in p.parts and p.name != "params.yaml"}
+    original = (reference / "params.yaml").read_text()
+    cases = list(HOSTILE)
+    for name, (directory, words) in bad_idx_dirs.items():
+        cases.append((name, with_change("data.source", str(directory)), words))
+    cases.append(("missing source dir", with_change("data.source", str(reference / "nope")), "does not exist"))
+    assert len(cases) >= 25
+    try:
+        for name, content, words in cases:
+            text = content if isinstance(content, str) else yaml.safe_dump(content)
+            (reference / "params.yaml").write_text(text)
+            stage = "download" if "IDX" in name else "train"
+            proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=reference, env=stage_env(),
+                                  capture_output=True, text=True, timeout=120)
+            err = proc.stderr.strip().splitlines()
+            assert proc.returncode != 0, name
+            assert len(err) == 1 and err[0].startswith("error: "), (name, proc.stderr)
+            assert words in err[0], (name, err[0])
+    finally:
+        (reference / "params.yaml").write_text(original)
+    for p, content in outputs.items():
+        assert p.read_bytes() == content, f"{p} was modified"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tracking_server_down_then_up(tmp_path):
+    project = make_project(tmp_path / "project")
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = stage_env(MLFLOW_TRACKING_URI=uri)
+    proc = dvc(project, "repro", env=env)
+    assert proc.returncode != 0
+    assert ran_stages(proc) == ["download", "train", "probe", "interpolate", "plot", "track"]
+    for name in ("mnist_geometry_metrics.json", "line_loss.json", "plots/curvature.png"):
+        assert (project / name).exists()
+    t0 = time.perf_counter()
+    track = subprocess.run([sys.executable, "-m", "stages.track"], cwd=project, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert time.perf_counter() - t0 < 30
+    assert track.returncode == 1 and uri in track.stderr.strip().splitlines()[-1], track.stderr[-2000:]
+
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                               f"sqlite:///{server_dir / 'store.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=server_dir, env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        import urllib.request
+
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        again = dvc(project, "repro", env=env)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert ran_stages(again) == ["track"]  # nothing upstream recomputed
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        run_info = json.loads((project / "reports/mlflow_run.json").read_text())
+        assert run_info["tracking_uri"] == uri
+        run = client.get_run(run_info["run_id"])
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "lambda_max")) == 3
+        local = client.download_artifacts(run.info.run_id, "outputs/line_loss.json", str(tmp_path))
+        assert Path(local).read_bytes() == (project / "line_loss.json").read_bytes()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_parallel_queued_experiments_log_to_the_root_store(tmp_path):
+    project = make_project(tmp_path)
+    for lr in ("0.01", "0.02", "0.03", "0.04"):
+        q = dvc(project, "exp", "run", "--queue", "-S", f"train.lr={lr}", "-n", f"lr-{lr}")
+        assert q.returncode == 0, q.stderr
+    start = dvc(project, "queue", "start", "-j", "2", timeout=1200)
+    assert start.returncode == 0, start.stderr
+    deadline = time.time() + 1200
+    while True:
+        status = dvc(project, "queue", "status").stdout
+        if not any(s in status for s in ("Queued", "Running")):
+            break
+        assert time.time() < deadline, status
+        time.sleep(3)
+    assert status.count("Success") == 4, status
+    from mlflow.tracking import MlflowClient
+
+    assert not list(project.glob(".dvc/tmp/exps/**/mlflow.db")), "a run logged into a temporary copy"
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("landscape").experiment_id])
+    names = sorted(r.data.tags.get("dvc.exp_name") for r in runs)
+    assert names == ["lr-0.01", "lr-0.02", "lr-0.03", "lr-0.04"]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.params["train.lr"] == r.data.tags["dvc.exp_name"][3:]
+        paths = {a.path for a in client.list_artifacts(r.info.run_id, "outputs")}
+        assert {"outputs/mnist_geometry_metrics.json", "outputs/line_loss.json"} <= paths
+
+
+def test_tampered_data_is_refused_by_train_and_probe(reference, tmp_path):
+    work = make_project(tmp_path)
+    assert dvc(work, "repro", "download").returncode == 0
+    blob = torch.load(work / "data/train.pt", weights_only=True)
+    blob["x"][0, 0, 0] ^= 1
+    torch.save(blob, work / "data/train.pt")
+    for stage in ("train", "probe"):
+        proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=work, env=stage_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1
+        assert "does not match the SHA-256 recorded in data/dataset.json" in proc.stderr, proc.stderr[-2000:]
+    assert not (work / "checkpoints").exists() or not list((work / "checkpoints").iterdir())
+
+
+def test_params_edit_is_not_resumed_from_stale_checkpoints(reference, tmp_path):
+    """A checkpoint from other params is never resumed from (persisted checkpoints/ + fingerprint)."""
+    work = make_project(tmp_path)
+    assert dvc(work, "repro", "train").returncode == 0
+    set_params(work, {"train": {"lr": 0.02}})
+    proc = dvc(work, "repro", "train")
+    assert proc.returncode == 0 and "resuming" not in proc.stdout + proc.stderr
+    fresh = make_project(tmp_path / "fresh", {"train": {"lr": 0.02}})
+    assert dvc(fresh, "repro", "train").returncode == 0
+    assert (work / "checkpoints/epoch_002.pt").read_bytes() == (fresh / "checkpoints/epoch_002.pt").read_bytes()
