@@ -73,6 +73,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     save_torch(path, _canonical({"format": FORMAT, **state}))
 
 
+def _reason(exc: Exception) -> str:
+    """The informative line of a torch.load failure (e.g. the unsafe global a weights-only load refused)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "WeightsUnpickler error" in ln or "Unsupported global" in ln:
+            return ln
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load with ``weights_only=True``; raise CheckpointError with the reason on any failure."""
     path = Path(path)
@@ -81,8 +90,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused or unreadable checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: refused or unreadable checkpoint ({_reason(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
     return ckpt

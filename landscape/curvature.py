@@ -58,14 +58,27 @@ class HessianOperator:
         self.route = "cached-graph double backward" if keep_graph else "recomputed double backward"
         self.num_products = 0
         self._graphs: list[tuple[torch.Tensor, ...]] = []
+        try:
+            self._first_order()
+        except (RuntimeError, MemoryError) as exc:  # the cached graphs did not fit: fall back, and say so
+            if not keep_graph or "memory" not in str(exc).lower():
+                raise
+            log.warning("cached first-order graph does not fit in memory (%s); recomputing it per product", exc)
+            self._graphs = []
+            self.keep_graph = False
+            self.route = "recomputed double backward (cached graph did not fit in memory)"
+            self._first_order()
+
+    def _first_order(self) -> None:
+        """L_P and ∇L_P; with ``keep_graph`` also the per-chunk first-order graphs for later products."""
         loss = 0.0
         grad = torch.zeros(self.n, dtype=self.dtype)
         for xc, yc in self.chunks:
-            lsum = loss_fn(model(xc), yc)
-            g = torch.autograd.grad(lsum, self.params, create_graph=keep_graph)
+            lsum = self.loss_fn(self.model(xc), yc)
+            g = torch.autograd.grad(lsum, self.params, create_graph=self.keep_graph)
             loss += float(lsum.detach().double())
             grad += torch.cat([gi.detach().reshape(-1) for gi in g])
-            if keep_graph:
+            if self.keep_graph:
                 self._graphs.append(g)
         self.loss = loss / self.N
         self.grad = grad / self.N

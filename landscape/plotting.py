@@ -87,17 +87,19 @@ def make_figures(
     _save(fig, paths[2], cfg)
 
     fig, ax = plt.subplots(figsize=size)
-    ax.errorbar(ep, _col(metrics, "directional_sharpness"), yerr=_col(metrics, "directional_sharpness_stderr"),
-                fmt="o-", capsize=3, label="directional sharpness (paired)")
+    handles = [ax.errorbar(ep, _col(metrics, "directional_sharpness"),
+                           yerr=_col(metrics, "directional_sharpness_stderr"), fmt="o-", capsize=3,
+                           label="directional sharpness (paired)")]
     if any(r.get("sharpness_trace_prediction") is not None for r in metrics):
-        ax.plot(ep, _col(metrics, "sharpness_trace_prediction"), "x:", label=r"$\rho^2\,\mathrm{tr}(H)/(2n)$")
+        handles += ax.plot(ep, _col(metrics, "sharpness_trace_prediction"), "x:",
+                           label=r"$\rho^2\,\mathrm{tr}(H)/(2n)$")
+    mark_divergence(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss increase (nats)")
     ax2 = ax.twinx()
     ax2.plot(ep, _col(metrics, "grad_norm"), "s--", color="tab:purple", label=r"$\|\nabla L_P\|$")
     ax2.set_ylabel("gradient norm")
-    lines = ax.get_lines()[-1:] + ax2.get_lines()
-    handles = [*ax.containers, *lines]
+    handles += ax2.get_lines()
     ax.legend(handles, [h.get_label() for h in handles], loc="upper right")
     ax.set_title("Sharpness and gradient norm")
     _save(fig, paths[3], cfg)
