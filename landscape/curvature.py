@@ -156,7 +156,7 @@ def lanczos_tridiagonal(
     n = op.n
     m_max = min(max_steps, n)
     q = start.double() / torch.linalg.vector_norm(start.double())
-    Q = torch.zeros((m_max, n), dtype=torch.float64)
+    Q = torch.empty((m_max, n), dtype=torch.float64)  # rows are written before use; no zero-fill of m×n
     alphas: list[float] = []
     betas: list[float] = []
     beta = 0.0
