@@ -99,6 +99,7 @@ class ProbeConfig(_Group):
     sharpness_radius: float = Field(default=0.5, gt=0)
     trace_samples: int = Field(default=8, ge=0)
     top_k: int = Field(default=1, ge=1, le=100)
+    smallest: bool = False
     density_epochs: Literal["last", "all", "none"] | list[int] = "last"
     density_runs: int = Field(default=4, ge=1)
     density_steps: int = Field(default=40, ge=2, le=1000)

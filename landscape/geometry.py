@@ -67,7 +67,7 @@ def probe(
 
     xp, yp = probe_data
     op = HessianOperator(model, xp, yp, chunk_size=cfg.chunk_size, keep_graph=True)
-    eig = lanczos(op, k=cfg.top_k, max_iters=cfg.lanczos_iters, tol=cfg.tol, seed=cfg.seed)
+    eig = lanczos(op, k=cfg.top_k, max_iters=cfg.lanczos_iters, tol=cfg.tol, seed=cfg.seed, smallest=cfg.smallest)
     lam = eig.lambda_max
     hg = op.matvec(op.grad)
     trace = hutchinson_trace(op, cfg.trace_samples, seed=cfg.seed) if cfg.trace_samples > 0 else None
@@ -106,6 +106,8 @@ def probe(
         "lambda_top": list(eig.eigenvalues),
         "lambda_top_residuals": list(eig.residuals),
         "lambda_top_converged": list(eig.converged),
+        "lambda_min": eig.smallest,
+        "lambda_min_residual": eig.smallest_residual,
         "lambda_max_converged": eig.converged[0],
         "lanczos_iterations": eig.iterations,
         "hvp_count": products,

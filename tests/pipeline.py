@@ -17,7 +17,8 @@ TINY = {
     "model": {"hidden": [32]},
     "train": {"epochs": 2, "batch_size": 64},
     "probe": {"samples": 128, "lanczos_iters": 30, "trace_samples": 4, "sharpness_directions": 4,
-              "eval_batch_size": 512, "density_runs": 2, "density_steps": 20},
+              "eval_batch_size": 512, "density_runs": 2, "density_steps": 20,
+              "top_k": 2, "smallest": True},
     "interpolate": {"start_epoch": 0, "points": 5},
 }
 

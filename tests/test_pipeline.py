@@ -34,6 +34,8 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
         assert r["stability_threshold"] == pytest.approx(2 * (1 + 0.9))
         assert r["lambda_max_converged"] and r["lambda_max_residual"] <= 1e-4
         assert r["probe_samples"] == 128 and r["hvp_count"] > 2
+        assert len(r["lambda_top"]) == 2 and r["lambda_top"][0] == r["lambda_max"] >= r["lambda_top"][1]
+        assert r["lambda_min"] < r["lambda_top"][1] and r["lambda_min_residual"] is not None
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]  # it trained
     line = json.loads((project / "line_loss.json").read_text())
     assert [p["alpha"] for p in line] == [0.0, 0.25, 0.5, 0.75, 1.0]
