@@ -38,10 +38,17 @@ from landscape.models import MLP
 log = logging.getLogger(__name__)
 
 
+_CODE = ("training.py", "models.py", "data.py", "checkpoints.py", "config.py")
+
+
 def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_root: Path) -> str:
-    """SHA-256 of everything a checkpoint depends on: model + train params and the data digests."""
+    """SHA-256 of everything a checkpoint depends on: model + train params, the data digests, and the code
+    that trains (so a fix in the training code is never 'resumed' past by an old checkpoint)."""
     meta = read_json(Path(data_root) / "dataset.json")
+    here = Path(__file__).parent
     payload = {
+        "code": {name: hashlib.sha256((here / name).read_bytes()).hexdigest() for name in _CODE},
+        "torch": torch.__version__,
         "model": model_cfg.model_dump(),
         "train": train_cfg.model_dump(exclude={"epochs", "checkpoint_every"}),
         "data": {s: [meta[s]["sha256_x"], meta[s]["sha256_y"]] for s in ("train", "test")},
