@@ -60,6 +60,7 @@ def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_root: Path)
 def _find_resume_point(ckpt_dir: Path, fp: str, max_epoch: int) -> dict[str, Any] | None:
     """The newest readable checkpoint with a matching fingerprint; others are removed with a warning."""
     best = None
+    stale = []
     for epoch, path in sorted(list_checkpoints(ckpt_dir).items(), reverse=True):
         try:
             ckpt = load_checkpoint(path)
@@ -68,11 +69,14 @@ def _find_resume_point(ckpt_dir: Path, fp: str, max_epoch: int) -> dict[str, Any
             path.unlink()
             continue
         if ckpt.get("fingerprint") != fp or epoch > max_epoch or ckpt.get("epoch") != epoch:
-            log.warning("removing %s: it belongs to other params or data", path)
+            stale.append(epoch)
             path.unlink()
             continue
         if best is None:
             best = ckpt
+    if stale:
+        log.warning("removed %d checkpoint(s) (epochs %s) made with other params, data or training code; "
+                    "not resuming from them", len(stale), sorted(stale))
     return best
 
 
