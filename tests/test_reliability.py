@@ -258,7 +258,9 @@ def test_params_edit_is_not_resumed_from_stale_checkpoints(reference, tmp_path):
     assert dvc(work, "repro", "train").returncode == 0
     set_params(work, {"train": {"lr": 0.02}})
     proc = dvc(work, "repro", "train")
-    assert proc.returncode == 0 and "resuming" not in proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "resuming from checkpoints/" not in log
+    assert "removed 3 checkpoint(s) (epochs [0, 1, 2]) made with other params" in log
     fresh = make_project(tmp_path / "fresh", {"train": {"lr": 0.02}})
     assert dvc(fresh, "repro", "train").returncode == 0
     assert (work / "checkpoints/epoch_002.pt").read_bytes() == (fresh / "checkpoints/epoch_002.pt").read_bytes()
