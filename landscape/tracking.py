@@ -117,6 +117,22 @@ def _store_lock(root: Path, uri: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _failures_name_the_store(uri: str):
+    """Any failure of the tracking store becomes one line that names it (the traceback goes to debug)."""
+    try:
+        yield
+    except LandscapeError:
+        raise
+    except Exception as exc:
+        log.debug("MLflow failure", exc_info=True)
+        detail = " ".join(str(exc).split())[:300]
+        raise LandscapeError(
+            f"MLflow tracking at {uri} failed ({type(exc).__name__}: {detail}); upstream outputs are intact: "
+            "fix the store (or unset MLFLOW_TRACKING_URI) and rerun `dvc repro` — only track will run"
+        ) from None
+
+
 def log_pipeline(
     flat_params: dict[str, Any],
     experiment: str,
@@ -133,101 +149,78 @@ def log_pipeline(
     _prepare_env()
     root = repo_root()
     uri = tracking_uri(root)
-    try:
-        with _store_lock(root, uri):
-            return _log_pipeline(flat_params, experiment, run_name, workdir, files, figures, root, uri)
-    except LandscapeError:
-        raise
-    except Exception as exc:
-        log.debug("MLflow failure", exc_info=True)
-        detail = " ".join(str(exc).split())[:300]
-        raise LandscapeError(
-            f"MLflow tracking at {uri} failed ({type(exc).__name__}: {detail}); upstream outputs are intact: "
-            "fix the store (or unset MLFLOW_TRACKING_URI) and rerun `dvc repro` — only track will run"
-        ) from None
+    with _failures_name_the_store(uri), _store_lock(root, uri):
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
 
+        dataset = read_json(files["dataset"])
+        key = run_key(files["params"], workdir, dataset)
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = get_or_create_experiment(client, experiment, uri, root)
+        description = {"tracking_uri": uri, "experiment_name": experiment, "experiment_id": exp_id, "run_key": key}
 
-def _log_pipeline(
-    flat_params: dict[str, Any],
-    experiment: str,
-    run_name: str | None,
-    workdir: Path,
-    files: dict[str, Path],
-    figures: list[Path],
-    root: Path,
-    uri: str,
-) -> dict[str, Any]:
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
+        for run in client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=50):
+            if run.info.status == "FINISHED":
+                log.info("run %s already holds this pipeline state; nothing new logged", run.info.run_id)
+                return {**description, "run_id": run.info.run_id, "reused": True}
+            log.warning("deleting unfinished run %s of the same pipeline state", run.info.run_id)
+            client.delete_run(run.info.run_id)
 
-    dataset = read_json(files["dataset"])
-    key = run_key(files["params"], workdir, dataset)
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = get_or_create_experiment(client, experiment, uri, root)
-    description = {"tracking_uri": uri, "experiment_name": experiment, "experiment_id": exp_id, "run_key": key}
+        commit = git_commit(workdir)
+        tags = {
+            RUN_KEY_TAG: key,
+            "mlflow.source.git.commit": commit,
+            "landscape.code_digest": code_digest(workdir),
+            "landscape.dataset": dataset.get("dataset", ""),
+            "landscape.data_source": dataset.get("source_used", ""),
+        }
+        if os.environ.get("DVC_EXP_NAME"):
+            tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+        history = read_json(files["history"])
+        if history.get("diverged"):
+            tags["landscape.diverged"] = f"epoch {history.get('diverged_epoch')}"
+        run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+        try:
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(flat_params.items())]
+            params += [Param("data.source_used", str(dataset.get("source_used"))),
+                       Param("data.train_count", str(dataset["train"]["count"])),
+                       Param("data.test_count", str(dataset["test"]["count"]))]
+            for i in range(0, len(params), 100):
+                client.log_batch(run_id, params=params[i : i + 100])
 
-    for run in client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=50):
-        if run.info.status == "FINISHED":
-            log.info("run %s already holds this pipeline state; nothing new logged", run.info.run_id)
-            return {**description, "run_id": run.info.run_id, "reused": True}
-        log.warning("deleting unfinished run %s of the same pipeline state", run.info.run_id)
-        client.delete_run(run.info.run_id)
-
-    commit = git_commit(workdir)
-    tags = {
-        RUN_KEY_TAG: key,
-        "mlflow.source.git.commit": commit,
-        "landscape.code_digest": code_digest(workdir),
-        "landscape.dataset": dataset.get("dataset", ""),
-        "landscape.data_source": dataset.get("source_used", ""),
-    }
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    history = read_json(files["history"])
-    if history.get("diverged"):
-        tags["landscape.diverged"] = f"epoch {history.get('diverged_epoch')}"
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
-    run_id = run.info.run_id
-    try:
-        params = [Param(k, str(v)[:6000]) for k, v in sorted(flat_params.items())]
-        params += [Param("data.source_used", str(dataset.get("source_used"))),
-                   Param("data.train_count", str(dataset["train"]["count"])),
-                   Param("data.test_count", str(dataset["test"]["count"]))]
-        for i in range(0, len(params), 100):
-            client.log_batch(run_id, params=params[i : i + 100])
-
-        now = int(time.time() * 1000)
-        metrics: list[Metric] = []
-        for rec in read_json(files["metrics"]):
-            for k, v in rec.items():
+            now = int(time.time() * 1000)
+            metrics: list[Metric] = []
+            for rec in read_json(files["metrics"]):
+                for k, v in rec.items():
+                    value = _metric_value(v)
+                    if k != "epoch" and value is not None:
+                        metrics.append(Metric(k, value, now, int(rec["epoch"])))
+            for h in history.get("history", []):
+                for k in ("train_loss", "wall_time_s"):
+                    value = _metric_value(h.get(k))
+                    if value is not None:
+                        metrics.append(Metric(f"train.running_{k}" if k == "train_loss" else f"train.{k}", value, now,
+                                              int(h["epoch"])))
+            summary = {**read_json(files["probe_summary"])}
+            line_summary = read_json(files["line_summary"])
+            summary.update({f"line.{k}": v for k, v in line_summary.items()})
+            for k, v in summary.items():
                 value = _metric_value(v)
-                if k != "epoch" and value is not None:
-                    metrics.append(Metric(k, value, now, int(rec["epoch"])))
-        for h in history.get("history", []):
-            for k in ("train_loss", "wall_time_s"):
-                value = _metric_value(h.get(k))
                 if value is not None:
-                    metrics.append(Metric(f"train.running_{k}" if k == "train_loss" else f"train.{k}", value, now,
-                                          int(h["epoch"])))
-        summary = {**read_json(files["probe_summary"])}
-        line_summary = read_json(files["line_summary"])
-        summary.update({f"line.{k}": v for k, v in line_summary.items()})
-        for k, v in summary.items():
-            value = _metric_value(v)
-            if value is not None:
-                metrics.append(Metric(f"summary.{k}", value, now, 0))
-        for i in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[i : i + 1000])
+                    metrics.append(Metric(f"summary.{k}", value, now, 0))
+            for i in range(0, len(metrics), 1000):
+                client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
-        for name in ("metrics", "line", "line_summary", "probe_summary", "history", "dataset", "probe_indices",
-                     "spectrum", "params"):
-            client.log_artifact(run_id, str(files[name]), artifact_path="outputs")
-        for fig in figures:
-            client.log_artifact(run_id, str(fig), artifact_path="plots")
-        client.set_tag(run_id, "landscape.complete", "true")
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id, status="FINISHED")
-    log.info("logged MLflow run %s to %s", run_id, uri)
-    return {**description, "run_id": run_id, "reused": False}
+            for name in ("metrics", "line", "line_summary", "probe_summary", "history", "dataset", "probe_indices",
+                         "spectrum", "params"):
+                client.log_artifact(run_id, str(files[name]), artifact_path="outputs")
+            for fig in figures:
+                client.log_artifact(run_id, str(fig), artifact_path="plots")
+            client.set_tag(run_id, "landscape.complete", "true")
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")
+        log.info("logged MLflow run %s to %s", run_id, uri)
+        return {**description, "run_id": run_id, "reused": False}
