@@ -95,6 +95,7 @@ class ProbeConfig(_Group):
     chunk_size: int = Field(default=1024, ge=1)
     lanczos_iters: int = Field(default=40, ge=2, le=1000)
     tol: float = Field(default=1e-4, gt=0, lt=1)
+    lanczos_start: Literal["random+gradient", "random"] = "random+gradient"
     sharpness_directions: int = Field(default=8, ge=1)
     sharpness_radius: float = Field(default=0.5, gt=0)
     trace_samples: int = Field(default=8, ge=0)

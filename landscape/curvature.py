@@ -3,9 +3,10 @@
 H = ∇²L_P(θ) with L_P(θ) = (1/N) Σ_{i∈P} ℓ(f(x_i; θ), y_i): the Hessian of the *mean* loss over the whole
 probe set P (N examples), with the model in eval mode. Units: nats per unit parameter².
 
-* :class:`HessianOperator` — Hv = ∇_θ⟨∇_θ L_P(θ), v⟩ by double backward (Pearlmutter). P is processed in
-  chunks; each chunk contributes ∇²(Σ_{i∈chunk} ℓ_i)·v and the sum is divided by N, so the product is
-  exact for the whole set however it is chunked.
+* :class:`HessianOperator` — Hv = ∇_θ⟨∇_θ L_P(θ), v⟩ (Pearlmutter): by the MLP's analytic R-operator
+  (:mod:`landscape.hvp`) where it applies, else by autograd double backward. P is processed in chunks;
+  each chunk contributes ∇²(Σ_{i∈chunk} ℓ_i)·v and the sum is divided by N, so the product is exact for
+  the whole set however it is chunked.
 * :func:`lanczos` — largest (and optionally smallest) *algebraic* eigenvalues by Lanczos with full
   reorthogonalization; every returned pair carries its measured residual ‖Hv − λv‖/|λ|.
 * :func:`power_iteration` — the reference method; converges to the largest-*magnitude* eigenvalue.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from landscape import hvp as mlp_hvp
 from landscape.evaluation import SumLoss, sum_cross_entropy
 
 log = logging.getLogger(__name__)
@@ -30,10 +32,13 @@ log = logging.getLogger(__name__)
 class HessianOperator:
     """The linear map v ↦ Hv for H = ∇²L_P(θ) at the model's current parameters.
 
-    ``keep_graph=True`` builds the first-order graph of every chunk once and reuses it for all products
-    (the fastest exact route; memory grows with N). ``keep_graph=False`` rebuilds it per product (memory
-    of one chunk). ``route`` says which one is in use. Also exposes ``loss`` = L_P(θ) (float64) and
-    ``grad`` = ∇L_P(θ) (flat), computed on construction, and counts ``num_products``.
+    Routes, fastest first (``benchmarks/curvature.py`` measures them side by side), all exact:
+    ``analytic=True`` and ``keep_graph=True`` with the package's MLP and the cross-entropy use the
+    layer-by-layer R-operator on cached activations and errors; otherwise ``keep_graph=True`` keeps the
+    autograd first-order graph of every chunk and reuses it for all products (memory grows with N), and
+    ``keep_graph=False`` rebuilds it per product (memory of one chunk). ``route`` says which one is in
+    use. Also exposes ``loss`` = L_P(θ) (float64) and ``grad`` = ∇L_P(θ) (flat), computed on
+    construction, and counts ``num_products``.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class HessianOperator:
         loss_fn: SumLoss = sum_cross_entropy,
         chunk_size: int = 1024,
         keep_graph: bool = True,
+        analytic: bool = True,
     ) -> None:
         if len(x) == 0:
             raise ValueError("the probe set is empty")
@@ -55,17 +61,21 @@ class HessianOperator:
         self.chunks = [(x[i : i + chunk_size], y[i : i + chunk_size]) for i in range(0, len(x), chunk_size)]
         self.loss_fn = loss_fn
         self.keep_graph = keep_graph
-        self.route = "cached-graph double backward" if keep_graph else "recomputed double backward"
+        self.analytic = (analytic and keep_graph and loss_fn is sum_cross_entropy and mlp_hvp.supports(model)
+                         and len(self.params) == len(list(model.parameters())))
+        self.route = ("analytic R-op (MLP, cached activations)" if self.analytic
+                      else "cached-graph double backward" if keep_graph else "recomputed double backward")
         self.num_products = 0
         self._graphs: list[tuple[torch.Tensor, ...]] = []
+        self._chunks_rop: list[mlp_hvp.MLPChunk] = []
         try:
             self._first_order()
         except (RuntimeError, MemoryError) as exc:  # the cached graphs did not fit: fall back, and say so
             if not keep_graph or "memory" not in str(exc).lower():
                 raise
             log.warning("cached first-order graph does not fit in memory (%s); recomputing it per product", exc)
-            self._graphs = []
-            self.keep_graph = False
+            self._graphs, self._chunks_rop = [], []
+            self.keep_graph = self.analytic = False
             self.route = "recomputed double backward (cached graph did not fit in memory)"
             self._first_order()
 
@@ -73,6 +83,14 @@ class HessianOperator:
         """L_P and ∇L_P; with ``keep_graph`` also the per-chunk first-order graphs for later products."""
         loss = 0.0
         grad = torch.zeros(self.n, dtype=self.dtype)
+        if self.analytic:
+            for xc, yc in self.chunks:
+                c = mlp_hvp.MLPChunk(self.model, xc, yc)
+                loss += c.loss_sum
+                grad += torch.cat([gi.reshape(-1) for gi in c.gradient()])
+                self._chunks_rop.append(c)
+            self.loss, self.grad = loss / self.N, grad / self.N
+            return
         for xc, yc in self.chunks:
             lsum = self.loss_fn(self.model(xc), yc)
             g = torch.autograd.grad(lsum, self.params, create_graph=self.keep_graph)
@@ -93,6 +111,13 @@ class HessianOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """Hv (flat, in the model's dtype). ``v`` may be of any floating dtype."""
         vs = self._split(v.to(self.dtype))
+        if self.analytic:
+            out = torch.empty(self.n, dtype=self.dtype)
+            views = self._split(out)
+            for k, c in enumerate(self._chunks_rop):
+                c.hvp(vs, views, accumulate=k > 0)
+            self.num_products += 1
+            return out.div_(self.N)
         out = torch.zeros(self.n, dtype=self.dtype)
         for k, (xc, yc) in enumerate(self.chunks):
             if self.keep_graph:
@@ -109,7 +134,7 @@ class HessianOperator:
 
     def release(self) -> None:
         """Free the cached first-order graphs."""
-        self._graphs = []
+        self._graphs, self._chunks_rop = [], []
 
 
 @dataclass(frozen=True)
@@ -148,29 +173,39 @@ def lanczos_tridiagonal(
     max_steps: int,
     converged=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Lanczos with full reorthogonalization from ``start`` (float64 basis).
+    """Lanczos with full reorthogonalization from ``start``, basis in the operator's dtype.
 
     Runs until ``max_steps`` (or an invariant subspace, or ``converged(evals, evecs, beta)`` is true) and
     returns ``(ritz_values ascending, eigvecs of T, basis Q (m, n), beta_m)``; H Q_mᵀ = Q_mᵀ T_m + β_m q_{m+1} e_mᵀ.
+    The basis is kept in the dtype the products are computed in (a float64 basis adds nothing to float32
+    products and doubles the memory traffic of reorthogonalization); T and its eigenpairs are float64.
+    Reorthogonalization is classical Gram–Schmidt against all of Q, repeated once when the first pass
+    removed more than 1 − 1/√2 of ‖w‖ (the DGKS test; "twice is enough").
     """
     n = op.n
+    dt = op.dtype
     m_max = min(max_steps, n)
-    q = start.double() / torch.linalg.vector_norm(start.double())
-    Q = torch.empty((m_max, n), dtype=torch.float64)  # rows are written before use; no zero-fill of m×n
+    q = (start.double() / torch.linalg.vector_norm(start.double())).to(dt)
+    Q = torch.empty((m_max, n), dtype=dt)  # rows are written before use; no zero-fill of m×n
     alphas: list[float] = []
     betas: list[float] = []
     beta = 0.0
     evals = evecs = torch.zeros(0)
     for j in range(m_max):
         Q[j] = q
-        w = op.matvec(q).double()
-        alpha = float(w @ q)
+        w = op.matvec(q)
+        alpha = float(w.double() @ q.double())
         w -= alpha * q
         if j > 0:
             w -= betas[-1] * Q[j - 1]
-        for _ in range(2):  # full reorthogonalization; twice is enough (Kahan–Parlett)
+        norm = torch.linalg.vector_norm(w)
+        for _ in range(2):
             w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
-        beta = float(torch.linalg.vector_norm(w))
+            new_norm = torch.linalg.vector_norm(w)
+            if new_norm > norm / math.sqrt(2):
+                break
+            norm = new_norm
+        beta = float(torch.linalg.vector_norm(w.double()))
         alphas.append(alpha)
         evals, evecs = torch.linalg.eigh(_tridiagonal(alphas, betas))
         scale = max(float(evals.abs().max()), 1e-30)
@@ -189,6 +224,7 @@ def lanczos(
     seed: int = 0,
     smallest: bool = False,
     verify: bool = True,
+    start: str = "random+gradient",
 ) -> EigenResult:
     """Top-``k`` largest algebraic eigenvalues of H by Lanczos with full reorthogonalization.
 
@@ -196,9 +232,21 @@ def lanczos(
     (exact arithmetic), which is the stopping test: stop once β_m|s_{m,i}|/|θ_i| ≤ ``tol`` for the top ``k``
     (and the smallest, if asked). With ``verify`` each returned pair's residual is then *measured* with one
     more product, and ``converged`` is judged on the measured value.
+
+    ``start``: ``"random"`` — q₁ ∝ z, z ~ N(0, I) seeded by ``seed``; ``"random+gradient"`` — q₁ ∝ z/‖z‖ +
+    ∇L/‖∇L‖. The gradient of a trained network lies mostly in the top eigenspace of H (Gur-Ari et al. 2018),
+    so the top Ritz values converge in fewer products; the random half keeps every eigenvector in the
+    Krylov space, so the result, its residual and the stopping test are those of any Lanczos run
+    (``benchmarks/curvature.py`` measures the saving).
     """
+    if start not in ("random", "random+gradient"):
+        raise ValueError(f"start = {start!r}; allowed: 'random', 'random+gradient'")
     g = torch.Generator().manual_seed(seed)
     start_vec = torch.randn(op.n, generator=g, dtype=torch.float64)
+    start_vec /= torch.linalg.vector_norm(start_vec)
+    gnorm = float(torch.linalg.vector_norm(op.grad.double()))
+    if start == "random+gradient" and math.isfinite(gnorm) and gnorm > 0:
+        start_vec += op.grad.double() / gnorm
     start_products = op.num_products
 
     def done(evals: torch.Tensor, evecs: torch.Tensor, beta: float) -> bool:
@@ -215,7 +263,7 @@ def lanczos(
     for i in top + ([0] if smallest else []):
         lam = float(evals[i])
         if verify:
-            v = evecs[:, i] @ basis
+            v = (evecs[:, i].to(basis.dtype) @ basis).double()
             v /= torch.linalg.vector_norm(v)
             r = _rel_residual(op.matvec(v).double(), v, lam)
         else:

@@ -67,7 +67,8 @@ def probe(
 
     xp, yp = probe_data
     op = HessianOperator(model, xp, yp, chunk_size=cfg.chunk_size, keep_graph=True)
-    eig = lanczos(op, k=cfg.top_k, max_iters=cfg.lanczos_iters, tol=cfg.tol, seed=cfg.seed, smallest=cfg.smallest)
+    eig = lanczos(op, k=cfg.top_k, max_iters=cfg.lanczos_iters, tol=cfg.tol, seed=cfg.seed, smallest=cfg.smallest,
+                  start=cfg.lanczos_start)
     lam = eig.lambda_max
     hg = op.matvec(op.grad)
     trace = hutchinson_trace(op, cfg.trace_samples, seed=cfg.seed) if cfg.trace_samples > 0 else None
@@ -110,6 +111,7 @@ def probe(
         "lambda_min_residual": eig.smallest_residual,
         "lambda_max_converged": eig.converged[0],
         "lanczos_iterations": eig.iterations,
+        "lanczos_start": cfg.lanczos_start,
         "hvp_count": products,
         "hvp_route": op.route,
         "stability_threshold": stability_threshold(beta, nesterov),

@@ -53,6 +53,7 @@ CASES = [
     ("probe.samples", 0, ["probe.samples", "greater than or equal to 1"]),
     ("probe.tol", 2.0, ["probe.tol", "less than 1"]),
     ("probe.lanczos_iters", 1, ["probe.lanczos_iters", "greater than or equal to 2"]),
+    ("probe.lanczos_start", "gradient", ["probe.lanczos_start", "'gradient'", "'random+gradient'", "'random'"]),
     ("interpolate.start_epoch", 11, ["interpolate.start_epoch", "11", "saved epochs", "[0, 1, 2"]),
     ("interpolate.end_epoch", 50, ["interpolate.end_epoch", "50", "saved epochs"]),
     ("interpolate.start_epoch", 10, ["interpolate.start_epoch", "equals interpolate.end_epoch"]),

@@ -50,6 +50,55 @@ def test_lanczos_flags_non_convergence_honestly():
     assert res.num_products == 3 + 1  # three Lanczos steps + one measured residual
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu", "sigmoid", "softplus", "elu"])
+def test_analytic_rop_route_matches_dense_hessian_and_autograd(activation):
+    model, x, y = tiny_network(activation, n_samples=40, seed=2)
+    H = dense_hessian(model, x, y)
+    rop = HessianOperator(model, x, y, chunk_size=16)  # 3 chunks: accumulation across chunks is exercised
+    auto = HessianOperator(model, x, y, chunk_size=16, analytic=False)
+    assert rop.route.startswith("analytic R-op") and auto.route == "cached-graph double backward"
+    V = torch.randn(rop.n, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for i in range(4):
+        exact = H @ V[:, i]
+        torch.testing.assert_close(rop.matvec(V[:, i]), exact, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(auto.matvec(V[:, i]), exact, rtol=1e-10, atol=1e-12)
+    assert rop.loss == pytest.approx(auto.loss, rel=1e-13)
+    torch.testing.assert_close(rop.grad, auto.grad, rtol=1e-12, atol=1e-14)
+    assert rop.num_products == 4
+
+
+def test_analytic_route_is_not_used_where_it_does_not_apply():
+    model, c, s, loss_fn, _ = make_quadratic(SPECTRUM)
+    assert HessianOperator(model, c, s, loss_fn=loss_fn).route == "cached-graph double backward"
+    net, x, y = tiny_network("relu")
+    assert HessianOperator(net, x, y, keep_graph=False).route == "recomputed double backward"
+    net.net[1] = torch.nn.LeakyReLU()  # no analytic second derivative for it here: autograd route
+    assert HessianOperator(net, x, y).route == "cached-graph double backward"
+
+
+@pytest.mark.parametrize("start", ["random", "random+gradient"])
+def test_lanczos_start_vectors_give_the_same_verified_eigenvalues(start):
+    model, x, y = tiny_network("tanh", seed=4)
+    exact = torch.linalg.eigvalsh(dense_hessian(model, x, y)).flip(0)
+    res = lanczos(HessianOperator(model, x, y), k=3, max_iters=150, tol=1e-8, start=start)
+    assert list(res.eigenvalues) == pytest.approx(exact[:3].tolist(), rel=1e-6)
+    assert all(res.converged) and max(res.residuals) <= 1e-8
+
+
+def test_lanczos_rejects_an_unknown_start():
+    model, x, y = tiny_network("tanh")
+    with pytest.raises(ValueError, match="start = 'gradient'; allowed: 'random', 'random\\+gradient'"):
+        lanczos(HessianOperator(model, x, y), start="gradient")
+
+
+def test_float32_lanczos_basis_reaches_the_float64_answer():
+    model, x, y = tiny_network("tanh", n_samples=60, seed=5)
+    exact = float(torch.linalg.eigvalsh(dense_hessian(model, x, y))[-1])
+    res = lanczos(HessianOperator(model.float(), x.float(), y), k=1, max_iters=150, tol=1e-4)
+    assert res.converged[0] and res.residuals[0] <= 1e-4
+    assert res.lambda_max == pytest.approx(exact, rel=1e-5)
+
+
 def test_tiny_network_top5_match_dense_hessian():
     model, x, y = tiny_network("tanh")
     exact = torch.linalg.eigvalsh(dense_hessian(model, x, y)).flip(0)
