@@ -270,7 +270,8 @@ def report(r: dict) -> None:
             if ok:
                 t, runs = min(ok, key=lambda tr: _mean(tr[1], "seconds"))
                 ratio = _mean(runs, "seconds") / _mean(lm["pyhessian"], "seconds")
-                print(f"  at PyHessian's accuracy ({target:.1e}): lanczos ({st}, tol {t:g}) takes {ratio:.2f}× its time")
+                print(f"  at PyHessian's accuracy ({target:.1e}): lanczos ({st}, tol {t:g}) "
+                      f"takes {ratio:.2f}× its time")
                 lm[f"time_ratio_at_pyhessian_accuracy_{st}"] = ratio
     else:
         print(f"  pyhessian: {lm['pyhessian']}")

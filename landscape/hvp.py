@@ -96,11 +96,11 @@ class MLPChunk:
         delta = self.p.clone()
         delta[rows, y] -= 1
         self.delta = [delta]
-        for l in range(L - 1, 0, -1):
-            e = delta @ self.lins[l].weight
-            if self.d2e[l - 1] is not None:
-                self.d2e[l - 1] = self.d2e[l - 1] * e
-            delta = e * self.d1[l - 1]
+        for k in range(L - 1, 0, -1):
+            e = delta @ self.lins[k].weight
+            if self.d2e[k - 1] is not None:
+                self.d2e[k - 1] = self.d2e[k - 1] * e
+            delta = e * self.d1[k - 1]
             self.delta.insert(0, delta)
 
     def gradient(self) -> list[torch.Tensor]:
@@ -119,29 +119,29 @@ class MLPChunk:
         ra: torch.Tensor | None = None
         rz_hidden: list[torch.Tensor | None] = []  # R z_l, kept only where σ'' ≠ 0 needs it
         ra_hidden = []
-        for l, lin in enumerate(self.lins):
-            rz = torch.addmm(vs[2 * l + 1], self.a[l], vs[2 * l].t())
+        for k, lin in enumerate(self.lins):
+            rz = torch.addmm(vs[2 * k + 1], self.a[k], vs[2 * k].t())
             if ra is not None:
                 rz.addmm_(ra, lin.weight.t())
-            if l < L - 1:
-                keep = self.d2e[l] is not None
+            if k < L - 1:
+                keep = self.d2e[k] is not None
                 rz_hidden.append(rz if keep else None)
-                ra = rz * self.d1[l] if keep else rz.mul_(self.d1[l])
+                ra = rz * self.d1[k] if keep else rz.mul_(self.d1[k])
                 ra_hidden.append(ra)
         rd = self.p * rz
         rd -= self.p * rd.sum(1, keepdim=True)
-        for l in range(L - 1, -1, -1):
-            w, b = out[2 * l], out[2 * l + 1]
+        for k in range(L - 1, -1, -1):
+            w, b = out[2 * k], out[2 * k + 1]
             if accumulate:
-                w.addmm_(rd.t(), self.a[l])
+                w.addmm_(rd.t(), self.a[k])
                 b.add_(rd.sum(0))
             else:
-                torch.mm(rd.t(), self.a[l], out=w)
+                torch.mm(rd.t(), self.a[k], out=w)
                 torch.sum(rd, 0, out=b)
-            if l > 0:
-                w.addmm_(self.delta[l].t(), ra_hidden[l - 1])
-                re = rd @ self.lins[l].weight
-                re.addmm_(self.delta[l], vs[2 * l])
-                rd = re.mul_(self.d1[l - 1])
-                if self.d2e[l - 1] is not None:
-                    rd.addcmul_(self.d2e[l - 1], rz_hidden[l - 1])
+            if k > 0:
+                w.addmm_(self.delta[k].t(), ra_hidden[k - 1])
+                re = rd @ self.lins[k].weight
+                re.addmm_(self.delta[k], vs[2 * k])
+                rd = re.mul_(self.d1[k - 1])
+                if self.d2e[k - 1] is not None:
+                    rd.addcmul_(self.d2e[k - 1], rz_hidden[k - 1])
