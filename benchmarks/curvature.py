@@ -216,10 +216,13 @@ def scaling_one(width: int) -> dict:
     base = _rss_mb()
     op = HessianOperator(model, x, y, chunk_size=2048)
     v = torch.randn(op.n)
-    t_hvp = timed(lambda: op.matvec(v), repeat=5)
-    held = _rss_mb() - base  # the cached first-order graph and buffers
+    op.matvec(v)
+    held = _rss_mb() - base  # the cached activations / errors and buffers
     params = list(model.parameters())
-    t_grad = timed(lambda: torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), params), repeat=5)
+    t = interleaved({"hvp": lambda: op.matvec(v),
+                     "grad": lambda: torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), params)},
+                    rounds=11)
+    t_hvp, t_grad = t["hvp"], t["grad"]
     return {"width": width, "params": op.n, "hvp_s": t_hvp, "gradient_s": t_grad, "ratio": t_hvp / t_grad,
             "rss_held_mb": held, "hvp_us_per_param": 1e6 * t_hvp / op.n}
 
