@@ -5,8 +5,10 @@
 1. HVP routes: cost of one Hessian-vector product as a multiple of one gradient on the same batch.
 2. λ_max against PyHessian 0.1 (if installed: ``pip install --no-deps pyhessian==0.1``): time and
    Hessian-vector products to reach its accuracy, at a trained 784-256-256-10 checkpoint, 2,048 samples.
-3. Probe overhead: one default probe as a fraction of one default training epoch.
-4. Scaling: HVP time and peak memory across widths 256/512/1024 (each width in its own process).
+3. tr(H): the spread over seeds of Hutchinson and Hutch++ at equal products.
+   Probe overhead: one default probe as a fraction of one default training epoch (also on a 60k-example
+   timing workload).
+4. Scaling: HVP time and the memory (RSS) the operator holds across widths 256/512/1024 (each width in its own process).
 Results go to benchmarks/results/curvature.json.
 """
 
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
 
 from landscape.config import ProbeConfig
-from landscape.curvature import HessianOperator, lanczos, power_iteration
+from landscape.curvature import HessianOperator, hutchinson_trace, hutchpp_trace, lanczos, power_iteration
 from landscape.data import NORMALIZATION, offline_mnist
 from landscape.geometry import probe
 from landscape.io import write_json
@@ -179,6 +181,16 @@ def against_pyhessian(model, x, y, seeds=(0, 1, 2)) -> dict:
     return out
 
 
+def trace_estimators(model, x, y, products: int = 12, seeds=range(8)) -> dict:
+    """Spread over seeds of the tr(H) estimates at equal products (no exact trace at this size)."""
+    op = HessianOperator(model, x, y, chunk_size=len(x))
+    out = {"products": products}
+    for name, fn in (("hutchinson", hutchinson_trace), ("hutch++", hutchpp_trace)):
+        vals = [fn(op, products, seed=s).trace for s in seeds]
+        out[name] = {"mean": statistics.mean(vals), "std_over_seeds": statistics.stdev(vals), "values": vals}
+    return out
+
+
 def probe_overhead(model_cfg_hidden, train, test, tile: int = 1) -> dict:
     """One default probe against one default training epoch. ``tile`` > 1 repeats the training split that
     many times — a *timing* workload only (the cost of an epoch and of full-split evaluation on a split of
@@ -243,6 +255,7 @@ def main() -> None:
                "784-256-256-10 ReLU MLP after 3 epochs of SGD(0.05, 0.9) on the offline MNIST digits; 2,048 samples"}
     results["hvp_routes"] = hvp_routes(model, xp, yp)
     results["lambda_max"] = against_pyhessian(model, xp, yp)
+    results["trace"] = trace_estimators(model, xp, yp)
     results["probe_overhead"] = probe_overhead([256, 256], train, test)
     results["probe_overhead_60k_timing"] = probe_overhead([256, 256], train, test, tile=15)
     results["scaling"] = [json.loads(subprocess.run([sys.executable, "-m", "benchmarks.curvature", "--scaling-one",
@@ -288,6 +301,10 @@ def report(r: dict) -> None:
     for st, runs in res4:
         print(f"  residual ≤ 1e-4 ({st} start): {_mean(runs, 'hvps'):.1f} products; power iteration to 1e-3: "
               f"{_mean(lm['power_iteration_residual_1e-3'], 'hvps'):.1f}")
+    tr = r["trace"]
+    print(f"\ntr(H) with {tr['products']} products, over {len(tr['hutchinson']['values'])} seeds: "
+          + "; ".join(f"{k} {tr[k]['mean']:.1f} ± {tr[k]['std_over_seeds']:.1f} (std)"
+                      for k in ("hutchinson", "hutch++")))
     for key in ("probe_overhead", "probe_overhead_60k_timing"):
         po = r[key]
         what = "offline digits" if po["tiled"] == 1 else f"the digits tiled {po['tiled']}×, a timing workload"

@@ -99,6 +99,7 @@ class ProbeConfig(_Group):
     sharpness_directions: int = Field(default=8, ge=1)
     sharpness_radius: float = Field(default=0.5, gt=0)
     trace_samples: int = Field(default=8, ge=0)
+    trace_method: Literal["hutchinson", "hutch++"] = "hutchinson"
     top_k: int = Field(default=1, ge=1, le=100)
     smallest: bool = False
     density_epochs: Literal["last", "all", "none"] | list[int] = "last"
@@ -171,6 +172,12 @@ class Params(_Group):
                     f"last | all | none | a list from the probed epochs {_short(self.probed_epochs())}",
                     key="probe.density_epochs",
                 )
+        if self.probe.trace_method == "hutch++" and 0 < self.probe.trace_samples < 3:
+            raise ConfigError(
+                f"params.yaml: probe.trace_samples = {self.probe.trace_samples} with probe.trace_method = hutch++: "
+                "allowed: 0 (off) or >= 3 (Hutch++ splits its products in three)",
+                key="probe.trace_samples",
+            )
         if self.data.source == "offline" and self.data.dataset != "mnist":
             raise ConfigError(
                 f"params.yaml: data.source = offline with data.dataset = {self.data.dataset}: the offline source ships "

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from landscape.config import ProbeConfig
-from landscape.curvature import HessianOperator, hutchinson_trace, lanczos, spectral_density
+from landscape.curvature import HessianOperator, hutchinson_trace, hutchpp_trace, lanczos, spectral_density
 from landscape.evaluation import evaluate, loss_function
 from landscape.parameters import flatten
 from landscape.sharpness import directional_sharpness, trace_prediction
@@ -71,7 +71,8 @@ def probe(
                   start=cfg.lanczos_start)
     lam = eig.lambda_max
     hg = op.matvec(op.grad)
-    trace = hutchinson_trace(op, cfg.trace_samples, seed=cfg.seed) if cfg.trace_samples > 0 else None
+    estimator = hutchpp_trace if cfg.trace_method == "hutch++" else hutchinson_trace
+    trace = estimator(op, cfg.trace_samples, seed=cfg.seed) if cfg.trace_samples > 0 else None
     products = op.num_products
     spectrum = None
     if density:
@@ -124,6 +125,7 @@ def probe(
         "hessian_trace": trace.trace if trace else None,
         "hessian_trace_stderr": trace.stderr if trace else None,
         "trace_samples": trace.samples if trace else 0,
+        "hessian_trace_method": trace.method if trace else None,
         "sharpness_trace_prediction": trace_prediction(trace.trace, sharp.radius, n) if trace else None,
     }
     return record, spectrum

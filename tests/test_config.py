@@ -53,6 +53,7 @@ CASES = [
     ("probe.samples", 0, ["probe.samples", "greater than or equal to 1"]),
     ("probe.tol", 2.0, ["probe.tol", "less than 1"]),
     ("probe.lanczos_iters", 1, ["probe.lanczos_iters", "greater than or equal to 2"]),
+    ("probe.trace_method", "hutch", ["probe.trace_method", "'hutch'", "'hutchinson'", "'hutch++'"]),
     ("probe.lanczos_start", "gradient", ["probe.lanczos_start", "'gradient'", "'random+gradient'", "'random'"]),
     ("interpolate.start_epoch", 11, ["interpolate.start_epoch", "11", "saved epochs", "[0, 1, 2"]),
     ("interpolate.end_epoch", 50, ["interpolate.end_epoch", "50", "saved epochs"]),
@@ -90,6 +91,12 @@ def test_cross_group_checks():
         parse_params(raw)
     with pytest.raises(ConfigError, match="nesterov"):
         parse_params({"train": {"nesterov": True, "momentum": 0.0}})
+    raw = with_change("probe.trace_method", "hutch++")
+    raw["probe"]["trace_samples"] = 2
+    with pytest.raises(ConfigError, match=r"probe.trace_samples = 2 with probe.trace_method = hutch\+\+: allowed: 0"):
+        parse_params(raw)
+    raw["probe"]["trace_samples"] = 0
+    assert parse_params(raw).probe.trace_method == "hutch++"
 
 
 def test_idx_directory_without_files(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from landscape.curvature import HessianOperator, hutchinson_trace, lanczos, power_iteration
+from landscape.curvature import HessianOperator, hutchinson_trace, hutchpp_trace, lanczos, power_iteration
 from tests.helpers import dense_hessian, make_quadratic, tiny_network
 
 SPECTRUM = [10.0, 7.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.1, -0.3, -1.0, -12.0]
@@ -167,3 +167,37 @@ def test_spectral_density_of_a_tiny_network_spans_its_spectrum():
     assert lo == pytest.approx(float(exact[0]), rel=1e-3)
     assert abs(sd.mean - float(exact.mean())) <= 4 * sd.mean_stderr
     assert float(torch.trapezoid(torch.tensor(sd.density), torch.tensor(sd.grid))) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_hutchpp_is_exact_when_the_sketch_spans_everything():
+    model, c, s, loss_fn, H = make_quadratic(SPECTRUM)
+    res = hutchpp_trace(HessianOperator(model, c, s, loss_fn=loss_fn), samples=3 * len(SPECTRUM), seed=0)
+    assert res.trace == pytest.approx(float(torch.trace(H)), rel=1e-10)
+    assert res.num_products == 3 * len(SPECTRUM) and res.method == "hutch++"
+
+
+def test_hutchpp_beats_hutchinson_on_a_spectrum_with_outliers():
+    # a few large eigenvalues on a flat bulk: the shape of a classifier's Hessian
+    spectrum = [50.0, 30.0, 20.0] + [0.1 + 0.01 * i for i in range(57)]
+    model, c, s, loss_fn, H = make_quadratic(spectrum)
+    exact = float(torch.trace(H))
+    op = HessianOperator(model, c, s, loss_fn=loss_fn)
+    err_h = [abs(hutchinson_trace(op, 12, seed=i).trace - exact) for i in range(30)]
+    err_pp = [abs(hutchpp_trace(op, 12, seed=i).trace - exact) for i in range(30)]
+    assert sum(err_pp) < 0.5 * sum(err_h), (sum(err_pp), sum(err_h))
+    within = [abs(r.trace - exact) <= 3 * r.stderr for r in (hutchpp_trace(op, 12, seed=i) for i in range(30))]
+    assert sum(within) >= 27  # the reported standard error is honest
+
+
+def test_hutchpp_tiny_network_within_three_standard_errors():
+    model, x, y = tiny_network("tanh")
+    exact = float(torch.trace(dense_hessian(model, x, y)))
+    res = hutchpp_trace(HessianOperator(model, x, y), samples=90, seed=1)
+    assert abs(res.trace - exact) <= 3 * res.stderr, (res.trace, exact, res.stderr)
+    assert res.stderr < 0.2 * abs(exact)
+
+
+def test_hutchpp_needs_three_products():
+    model, c, s, loss_fn, _ = make_quadratic(SPECTRUM)
+    with pytest.raises(ValueError, match="at least 3"):
+        hutchpp_trace(HessianOperator(model, c, s, loss_fn=loss_fn), samples=2)
