@@ -102,6 +102,15 @@ class MLPChunk:
                 self.d2e[k - 1] = self.d2e[k - 1] * e
             delta = e * self.d1[k - 1]
             self.delta.insert(0, delta)
+        # Input features constant over the chunk (MNIST's blank border: ~25% of pixels) contribute rank-one
+        # terms: a_0 V_1ᵀ = a_0[:, var] V_1[:, var]ᵀ + 1 (V_1[:, const] c)ᵀ and (HV)_{W_1}[:, const] = (Σ_i Rδ_1,i) cᵀ,
+        # so the two input-layer matrix products run on the varying columns only. Exact, not an approximation.
+        x0 = self.a[0]
+        const = (x0 == x0[:1]).all(0) if len(x0) > 1 else torch.zeros(x0.shape[1], dtype=torch.bool)
+        self.const_idx = const.nonzero().squeeze(1)
+        self.var_idx = (~const).nonzero().squeeze(1)
+        self.const_val = x0[0, self.const_idx]
+        self.a0_var = x0[:, self.var_idx].contiguous() if len(self.const_idx) else x0
 
     def gradient(self) -> list[torch.Tensor]:
         """∇ℓ_chunk per parameter (W_1, b_1, …): δ_lᵀ a_{l−1} and Σ_i δ_{l,i}."""
@@ -119,8 +128,13 @@ class MLPChunk:
         ra: torch.Tensor | None = None
         rz_hidden: list[torch.Tensor | None] = []  # R z_l, kept only where σ'' ≠ 0 needs it
         ra_hidden = []
+        split = len(self.const_idx) > 0
         for k, lin in enumerate(self.lins):
-            rz = torch.addmm(vs[2 * k + 1], self.a[k], vs[2 * k].t())
+            if k == 0 and split:
+                v1 = vs[0]
+                rz = torch.addmm(vs[1] + v1[:, self.const_idx] @ self.const_val, self.a0_var, v1[:, self.var_idx].t())
+            else:
+                rz = torch.addmm(vs[2 * k + 1], self.a[k], vs[2 * k].t())
             if ra is not None:
                 rz.addmm_(ra, lin.weight.t())
             if k < L - 1:
@@ -132,6 +146,19 @@ class MLPChunk:
         rd -= self.p * rd.sum(1, keepdim=True)
         for k in range(L - 1, -1, -1):
             w, b = out[2 * k], out[2 * k + 1]
+            if k == 0 and split:
+                rsum = rd.sum(0)
+                hw_var = rd.t() @ self.a0_var
+                hw_const = torch.outer(rsum, self.const_val)
+                if accumulate:
+                    w.index_add_(1, self.var_idx, hw_var)
+                    w.index_add_(1, self.const_idx, hw_const)
+                    b.add_(rsum)
+                else:
+                    w.index_copy_(1, self.var_idx, hw_var)
+                    w.index_copy_(1, self.const_idx, hw_const)
+                    b.copy_(rsum)
+                continue
             if accumulate:
                 w.addmm_(rd.t(), self.a[k])
                 b.add_(rd.sum(0))

@@ -67,6 +67,20 @@ def test_analytic_rop_route_matches_dense_hessian_and_autograd(activation):
     assert rop.num_products == 4
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_analytic_rop_with_constant_input_features(activation):
+    # blank-border pixels: features constant over a chunk take the rank-one shortcut of the input layer
+    model, x, y = tiny_network(activation, n_samples=40, seed=6)
+    x[:, 1], x[:, 4] = 0.0, -0.42
+    x[:20, 0] = 1.5  # constant within the first chunk of 20 only
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(model, x, y, chunk_size=20)
+    assert op._chunks_rop[0].const_idx.tolist() == [0, 1, 4] and op._chunks_rop[1].const_idx.tolist() == [1, 4]
+    V = torch.randn(op.n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for i in range(3):
+        torch.testing.assert_close(op.matvec(V[:, i]), H @ V[:, i], rtol=1e-10, atol=1e-12)
+
+
 def test_analytic_route_is_not_used_where_it_does_not_apply():
     model, c, s, loss_fn, _ = make_quadratic(SPECTRUM)
     assert HessianOperator(model, c, s, loss_fn=loss_fn).route == "cached-graph double backward"

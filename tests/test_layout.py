@@ -1,0 +1,45 @@
+"""dvc.yaml must declare every package module a stage runs, or an edit to it would not rerun the stage."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _landscape_imports(path: Path) -> set[str]:
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "landscape":
+            if node.module == "landscape":
+                mods |= {a.name for a in node.names}
+            else:
+                mods.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            mods |= {a.name.split(".")[1] for a in node.names if a.name.startswith("landscape.")}
+    return {m for m in mods if (ROOT / "landscape" / f"{m}.py").exists()}
+
+
+def _closure(start: Path) -> set[str]:
+    seen: set[str] = set()
+    todo = list(_landscape_imports(start))
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += _landscape_imports(ROOT / "landscape" / f"{m}.py")
+    return seen
+
+
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_cover_the_modules_it_imports(name):
+    deps = set(STAGES[name]["deps"])
+    module = STAGES[name]["cmd"].split("-m ")[1].split()[0]
+    used = _closure(ROOT / (module.replace(".", "/") + ".py")) - {"cli", "errors", "__init__"}
+    missing = sorted(f"landscape/{m}.py" for m in used if f"landscape/{m}.py" not in deps)
+    assert not missing, f"stage {name} imports {missing} but dvc.yaml does not list them as deps"
