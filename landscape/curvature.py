@@ -17,6 +17,7 @@ probe set P (N examples), with the model in eval mode. Units: nats per unit para
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from dataclasses import dataclass
@@ -69,15 +70,20 @@ class HessianOperator:
         self.num_products = 0
         self._graphs: list[tuple[torch.Tensor, ...]] = []
         self._chunks_rop: list[mlp_hvp.MLPChunk] = []
+        failure = None
         try:
             self._first_order()
-        except (RuntimeError, MemoryError) as exc:  # the cached graphs did not fit: fall back, and say so
+        except (RuntimeError, MemoryError) as exc:  # the cache did not fit: fall back, and say so
             if not keep_graph or "memory" not in str(exc).lower():
                 raise
-            log.warning("cached first-order graph does not fit in memory (%s); recomputing it per product", exc)
+            failure = str(exc).splitlines()[0]
+        if failure is not None:  # outside the handler, so the traceback no longer pins the partial cache
             self._graphs, self._chunks_rop = [], []
+            gc.collect()
+            log.warning("the cached first-order quantities do not fit in memory (%s); recomputing them per product",
+                        failure)
             self.keep_graph = self.analytic = False
-            self.route = "recomputed double backward (cached graph did not fit in memory)"
+            self.route = "recomputed double backward (the cache did not fit in memory)"
             self._first_order()
 
     def _first_order(self) -> None:

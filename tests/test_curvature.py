@@ -1,5 +1,10 @@
 """HVPs, Lanczos, power iteration and Hutchinson against exact Hessians."""
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -215,3 +220,41 @@ def test_hutchpp_needs_three_products():
     model, c, s, loss_fn, _ = make_quadratic(SPECTRUM)
     with pytest.raises(ValueError, match="at least 3"):
         hutchpp_trace(HessianOperator(model, c, s, loss_fn=loss_fn), samples=2)
+
+
+LIMITED = textwrap.dedent("""
+    import resource, sys, torch
+    from landscape.curvature import HessianOperator
+    from landscape.models import MLP
+    torch.manual_seed(0)
+    model = MLP(784, [512, 512], "relu", 10)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(20000, 784, generator=g), torch.randint(0, 10, (20000,), generator=g)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=g)
+    size = next(int(s.split()[1]) for s in open("/proc/self/status") if s.startswith("VmSize:")) * 1024
+    if len(sys.argv) > 2:  # a real memory limit: the address space in use plus this many MiB
+        lim = size + int(sys.argv[2]) * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+    op = HessianOperator(model, x, y, chunk_size=1000)
+    torch.save({"route": op.route, "hv": op.matvec(v), "grad": op.grad}, sys.argv[1])
+""")
+
+
+def test_cache_that_does_not_fit_in_memory_falls_back_and_says_so(tmp_path):
+    # a real allocation failure: the child's address space is capped so that the ~270 MB cache of
+    # 20,000 examples cannot be built, while one 1,000-example chunk at a time still fits
+    root = Path(__file__).resolve().parent.parent
+    script = tmp_path / "limited.py"
+    script.write_text(LIMITED)
+    out = {}
+    for name, extra in (("limited", ["220"]), ("free", [])):
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / f"{name}.pt"), *extra], cwd=root,
+                              capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(root)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[name] = torch.load(tmp_path / f"{name}.pt")
+        out[name]["stderr"] = proc.stderr
+    assert out["free"]["route"].startswith("analytic R-op")
+    assert out["limited"]["route"] == "recomputed double backward (the cache did not fit in memory)"
+    assert "do not fit in memory" in out["limited"]["stderr"] and "can't allocate memory" in out["limited"]["stderr"]
+    torch.testing.assert_close(out["limited"]["hv"], out["free"]["hv"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out["limited"]["grad"], out["free"]["grad"], rtol=1e-4, atol=1e-7)
