@@ -164,8 +164,9 @@ def probe_checkpoints(
         if spectrum is not None:
             spectra.append({"epoch": epoch, **spectrum})
         log.info(
-            "epoch %d: test acc %.4f, lambda_max %.4g (residual %.1e, %d HVPs), lgdi %.3g",
-            epoch, rec["test_accuracy"], rec["lambda_max"], rec["lambda_max_residual"], rec["hvp_count"], rec["lgdi"],
+            "epoch %d: test acc %.4f, lambda_max %.4g (residual %.1e, %d Lanczos steps), lgdi %.3g, %d HVPs in all",
+            epoch, rec["test_accuracy"], rec["lambda_max"], rec["lambda_max_residual"], rec["lanczos_iterations"],
+            rec["lgdi"], rec["hvp_count"],
         )
         records.append(rec)
     # checkpoints missing because training diverged: marked, not silently dropped
