@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
 
 from landscape.config import ProbeConfig
-from landscape.curvature import HessianOperator, hutchinson_trace, hutchpp_trace, lanczos, power_iteration
+from landscape.eigenvalues import lanczos, power_iteration
+from landscape.hvp import HessianOperator
+from landscape.trace import hutchinson_trace, hutchpp_trace
 from landscape.data import NORMALIZATION, offline_mnist
 from landscape.geometry import probe
 from landscape.io import write_json
@@ -70,16 +72,6 @@ def train_epochs(model: torch.nn.Module, x, y, epochs: int, lr=0.05, bs=128, see
         times.append(time.perf_counter() - t0)
     model.eval()
     return statistics.mean(times)
-
-
-def timed(fn, repeat: int = 7) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def hvp_routes(model, x, y) -> dict:

@@ -20,7 +20,10 @@ import torch
 from torch import nn
 
 from landscape.config import ProbeConfig
-from landscape.curvature import HessianOperator, hutchinson_trace, hutchpp_trace, lanczos, spectral_density
+from landscape.density import spectral_density
+from landscape.eigenvalues import lanczos
+from landscape.hvp import HessianOperator
+from landscape.trace import hutchinson_trace, hutchpp_trace
 from landscape.evaluation import evaluate, loss_function
 from landscape.parameters import flatten
 from landscape.sharpness import directional_sharpness, trace_prediction

@@ -1,6 +1,13 @@
-"""Exact Hessian-vector products for the MLP by Pearlmutter's R-operator, written out layer by layer.
+"""Hessian-vector products of the probe-set loss: the operator every curvature estimate is built on.
 
-For layers z_l = a_{l-1} W_lᵀ + b_l, a_l = σ(z_l) (l < L), logits z_L and the summed cross-entropy
+H = ∇²L_P(θ) with L_P(θ) = (1/N) Σ_{i∈P} ℓ(f(x_i; θ), y_i): the Hessian of the *mean* loss over the whole
+probe set P (N examples), with the model in eval mode. Units: nats per unit parameter².
+:class:`HessianOperator` computes Hv = ∇_θ⟨∇_θ L_P(θ), v⟩ (Pearlmutter). P is processed in chunks; each
+chunk contributes ∇²(Σ_{i∈chunk} ℓ_i)·v and the sum is divided by N, so the product is exact for the whole
+set however it is chunked.
+
+For the package's MLP the product is the R-operator written out layer by layer (:class:`MLPChunk`). For
+layers z_l = a_{l-1} W_lᵀ + b_l, a_l = σ(z_l) (l < L), logits z_L and the summed cross-entropy
 ℓ = Σ_i −log softmax(z_L)_{i,y_i}, the first-order pass caches a_l, σ'(z_l), σ''(z_l)·e_l and the
 back-propagated errors δ_l = ∂ℓ/∂z_l (δ_L = p − onehot(y), e_{l−1} = δ_l W_l, δ_{l−1} = e_{l−1} ⊙ σ'(z_{l−1})).
 A product with V = (V_l, c_l) is then the directional derivative R{·} = d/dt|₀ (·)(θ + tV) of the gradient:
@@ -17,12 +24,17 @@ graph: no zero-filled gradient buffers, no accumulation nodes, and ReLU's σ'' =
 
 from __future__ import annotations
 
+import gc
+import logging
 import math
 
 import torch
 from torch import nn
 
+from landscape.evaluation import SumLoss, sum_cross_entropy
 from landscape.models import MLP
+
+log = logging.getLogger(__name__)
 
 
 def _derivatives(name: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -172,3 +184,116 @@ class MLPChunk:
                 rd = re.mul_(self.d1[k - 1])
                 if self.d2e[k - 1] is not None:
                     rd.addcmul_(self.d2e[k - 1], rz_hidden[k - 1])
+
+
+class HessianOperator:
+    """The linear map v ↦ Hv for H = ∇²L_P(θ) at the model's current parameters.
+
+    Routes, fastest first (``benchmarks/curvature.py`` measures them side by side), all exact:
+    ``analytic=True`` and ``keep_graph=True`` with the package's MLP and the cross-entropy use the
+    layer-by-layer R-operator on cached activations and errors; otherwise ``keep_graph=True`` keeps the
+    autograd first-order graph of every chunk and reuses it for all products (memory grows with N), and
+    ``keep_graph=False`` rebuilds it per product (memory of one chunk). ``route`` says which one is in
+    use. Also exposes ``loss`` = L_P(θ) (float64) and ``grad`` = ∇L_P(θ) (flat), computed on
+    construction, and counts ``num_products``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: SumLoss = sum_cross_entropy,
+        chunk_size: int = 1024,
+        keep_graph: bool = True,
+        analytic: bool = True,
+    ) -> None:
+        if len(x) == 0:
+            raise ValueError("the probe set is empty")
+        self.model = model.eval()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.n = sum(p.numel() for p in self.params)
+        self.N = len(x)
+        self.dtype = self.params[0].dtype
+        self.chunks = [(x[i : i + chunk_size], y[i : i + chunk_size]) for i in range(0, len(x), chunk_size)]
+        self.loss_fn = loss_fn
+        self.keep_graph = keep_graph
+        self.analytic = (analytic and keep_graph and loss_fn is sum_cross_entropy and supports(model)
+                         and len(self.params) == len(list(model.parameters())))
+        self.route = ("analytic R-op (MLP, cached activations)" if self.analytic
+                      else "cached-graph double backward" if keep_graph else "recomputed double backward")
+        self.num_products = 0
+        self._graphs: list[tuple[torch.Tensor, ...]] = []
+        self._chunks_rop: list[MLPChunk] = []
+        failure = None
+        try:
+            self._first_order()
+        except (RuntimeError, MemoryError) as exc:  # the cache did not fit: fall back, and say so
+            if not keep_graph or "memory" not in str(exc).lower():
+                raise
+            failure = str(exc).splitlines()[0]
+        if failure is not None:  # outside the handler, so the traceback no longer pins the partial cache
+            self._graphs, self._chunks_rop = [], []
+            gc.collect()
+            log.warning("the cached first-order quantities do not fit in memory (%s); recomputing them per product",
+                        failure)
+            self.keep_graph = self.analytic = False
+            self.route = "recomputed double backward (the cache did not fit in memory)"
+            self._first_order()
+
+    def _first_order(self) -> None:
+        """L_P and ∇L_P; with ``keep_graph`` also the per-chunk first-order graphs for later products."""
+        loss = 0.0
+        grad = torch.zeros(self.n, dtype=self.dtype)
+        if self.analytic:
+            for xc, yc in self.chunks:
+                c = MLPChunk(self.model, xc, yc)
+                loss += c.loss_sum
+                grad += torch.cat([gi.reshape(-1) for gi in c.gradient()])
+                self._chunks_rop.append(c)
+            self.loss, self.grad = loss / self.N, grad / self.N
+            return
+        for xc, yc in self.chunks:
+            lsum = self.loss_fn(self.model(xc), yc)
+            g = torch.autograd.grad(lsum, self.params, create_graph=self.keep_graph)
+            loss += float(lsum.detach().double())
+            grad += torch.cat([gi.detach().reshape(-1) for gi in g])
+            if self.keep_graph:
+                self._graphs.append(g)
+        self.loss = loss / self.N
+        self.grad = grad / self.N
+
+    def _split(self, v: torch.Tensor) -> list[torch.Tensor]:
+        out, i = [], 0
+        for p in self.params:
+            out.append(v[i : i + p.numel()].view_as(p))
+            i += p.numel()
+        return out
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """Hv (flat, in the model's dtype). ``v`` may be of any floating dtype."""
+        vs = self._split(v.to(self.dtype))
+        if self.analytic:
+            out = torch.empty(self.n, dtype=self.dtype)
+            views = self._split(out)
+            for k, c in enumerate(self._chunks_rop):
+                c.hvp(vs, views, accumulate=k > 0)
+            self.num_products += 1
+            return out.div_(self.N)
+        out = torch.zeros(self.n, dtype=self.dtype)
+        for k, (xc, yc) in enumerate(self.chunks):
+            if self.keep_graph:
+                g = self._graphs[k]
+            else:
+                g = torch.autograd.grad(self.loss_fn(self.model(xc), yc), self.params, create_graph=True)
+            # vector-Jacobian product of the gradient with v: ∇_θ⟨g(θ), v⟩ without building the dot's graph
+            hv = torch.autograd.grad(g, self.params, grad_outputs=vs, retain_graph=self.keep_graph)
+            out += torch.cat([h.reshape(-1) for h in hv])
+        self.num_products += 1
+        return out / self.N
+
+    __matmul__ = matvec
+
+    def release(self) -> None:
+        """Free the cached first-order graphs."""
+        self._graphs, self._chunks_rop = [], []

@@ -1,4 +1,4 @@
-"""HVPs, Lanczos, power iteration and Hutchinson against exact Hessians."""
+"""HVPs, Lanczos, power iteration, trace estimators and the spectral density against exact Hessians."""
 
 import subprocess
 import sys
@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from landscape.curvature import HessianOperator, hutchinson_trace, hutchpp_trace, lanczos, power_iteration
+from landscape.density import spectral_density
+from landscape.eigenvalues import lanczos, power_iteration
+from landscape.hvp import HessianOperator
+from landscape.trace import hutchinson_trace, hutchpp_trace
 from tests.helpers import dense_hessian, make_quadratic, tiny_network
 
 SPECTRUM = [10.0, 7.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.1, -0.3, -1.0, -12.0]
@@ -104,6 +107,20 @@ def test_lanczos_start_vectors_give_the_same_verified_eigenvalues(start):
     assert all(res.converged) and max(res.residuals) <= 1e-8
 
 
+def test_lanczos_start_vector_is_the_documented_one():
+    # one Lanczos step returns the Rayleigh quotient q1ᵀHq1 of the start vector itself
+    model, x, y = tiny_network("tanh", seed=4)
+    H = dense_hessian(model, x, y)
+    op = HessianOperator(model, x, y)
+    z = torch.randn(op.n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    z /= z.norm()
+    for start, q in (("random", z), ("random+gradient", z + op.grad / op.grad.norm())):
+        q = q / q.norm()
+        res = lanczos(op, k=1, max_iters=1, tol=1e-8, seed=3, start=start)
+        assert res.iterations == 1
+        assert res.lambda_max == pytest.approx(float(q @ H @ q), rel=1e-10)
+
+
 def test_lanczos_rejects_an_unknown_start():
     model, x, y = tiny_network("tanh")
     with pytest.raises(ValueError, match="start = 'gradient'; allowed: 'random', 'random\\+gradient'"):
@@ -158,7 +175,6 @@ def test_hutchinson_on_quadratic_is_unbiased():
 
 
 def test_spectral_density_recovers_a_known_spectrum():
-    from landscape.curvature import spectral_density
 
     model, c, s, loss_fn, H = make_quadratic(SPECTRUM)
     exact = torch.linalg.eigvalsh(H)
@@ -175,7 +191,6 @@ def test_spectral_density_recovers_a_known_spectrum():
 
 
 def test_spectral_density_of_a_tiny_network_spans_its_spectrum():
-    from landscape.curvature import spectral_density
 
     model, x, y = tiny_network("tanh")
     exact = torch.linalg.eigvalsh(dense_hessian(model, x, y))
@@ -224,7 +239,7 @@ def test_hutchpp_needs_three_products():
 
 LIMITED = textwrap.dedent("""
     import resource, sys, torch
-    from landscape.curvature import HessianOperator
+    from landscape.hvp import HessianOperator
     from landscape.models import MLP
     torch.manual_seed(0)
     model = MLP(784, [512, 512], "relu", 10)
