@@ -122,7 +122,7 @@ class MLPChunk:
         self.const_idx = const.nonzero().squeeze(1)
         self.var_idx = (~const).nonzero().squeeze(1)
         self.const_val = x0[0, self.const_idx]
-        self.a0_var = x0[:, self.var_idx].contiguous() if len(self.const_idx) else x0
+        self.a0_var = x0.index_select(1, self.var_idx) if len(self.const_idx) else x0  # (faster than x0[:, idx])
 
     def gradient(self) -> list[torch.Tensor]:
         """∇ℓ_chunk per parameter (W_1, b_1, …): δ_lᵀ a_{l−1} and Σ_i δ_{l,i}."""
@@ -144,7 +144,8 @@ class MLPChunk:
         for k, lin in enumerate(self.lins):
             if k == 0 and split:
                 v1 = vs[0]
-                rz = torch.addmm(vs[1] + v1[:, self.const_idx] @ self.const_val, self.a0_var, v1[:, self.var_idx].t())
+                rz = torch.addmm(vs[1] + v1.index_select(1, self.const_idx) @ self.const_val, self.a0_var,
+                                v1.index_select(1, self.var_idx).t())
             else:
                 rz = torch.addmm(vs[2 * k + 1], self.a[k], vs[2 * k].t())
             if ra is not None:

@@ -29,8 +29,8 @@ def hutchinson_trace(op: HessianOperator, samples: int, seed: int = 0) -> TraceR
     vals = []
     start = op.num_products
     for _ in range(samples):
-        z = torch.randint(0, 2, (op.n,), generator=g, dtype=torch.float64) * 2 - 1
-        vals.append(float(z @ op.matvec(z).double()))
+        z = torch.randint(0, 2, (op.n,), generator=g, dtype=op.dtype) * 2 - 1  # exact ±1 in any dtype
+        vals.append(float(z.double() @ op.matvec(z).double()))
     t = torch.tensor(vals, dtype=torch.float64)
     stderr = float(t.std(unbiased=True) / math.sqrt(samples)) if samples > 1 else math.nan
     return TraceResult(float(t.mean()), stderr, samples, op.num_products - start)
