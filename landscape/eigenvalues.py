@@ -112,16 +112,16 @@ def lanczos(
     (and the smallest, if asked). With ``verify`` each returned pair's residual is then *measured* with one
     more product, and ``converged`` is judged on the measured value.
 
-    ``start``: ``"random"`` — q₁ ∝ z, z ~ N(0, I) seeded by ``seed``; ``"random+gradient"`` — q₁ ∝ z/‖z‖ +
-    ∇L/‖∇L‖. The gradient of a trained network lies mostly in the top eigenspace of H (Gur-Ari et al. 2018),
-    so the top Ritz values converge in fewer products; the random half keeps every eigenvector in the
-    Krylov space, so the result, its residual and the stopping test are those of any Lanczos run
-    (``benchmarks/curvature.py`` measures the saving).
+    ``start``: ``"random"`` — q₁ ∝ z, z ~ N(0, I) drawn in the operator's dtype, seeded by ``seed``;
+    ``"random+gradient"`` — q₁ ∝ z/‖z‖ + ∇L/‖∇L‖. The gradient of a trained network lies mostly in the top
+    eigenspace of H (Gur-Ari et al. 2018), so the top Ritz values converge in fewer products; the random half
+    keeps every eigenvector in the Krylov space, so the result, its residual and the stopping test are those
+    of any Lanczos run (``benchmarks/curvature.py`` measures the saving).
     """
     if start not in ("random", "random+gradient"):
         raise ValueError(f"start = {start!r}; allowed: 'random', 'random+gradient'")
     g = torch.Generator().manual_seed(seed)
-    start_vec = torch.randn(op.n, generator=g, dtype=torch.float64)
+    start_vec = torch.randn(op.n, generator=g, dtype=op.dtype).double()  # drawn in the dtype the basis is kept in
     start_vec /= torch.linalg.vector_norm(start_vec)
     gnorm = float(torch.linalg.vector_norm(op.grad.double()))
     if start == "random+gradient" and math.isfinite(gnorm) and gnorm > 0:

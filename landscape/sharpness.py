@@ -33,9 +33,12 @@ class SharpnessResult:
 
 
 def random_directions(n: int, k: int, radius: float, seed: int, dtype: torch.dtype) -> torch.Tensor:
-    """K directions of norm ρ, uniform on the sphere (Gaussian draws normalized), rows of a (K, n) tensor."""
+    """K directions of norm ρ, uniform on the sphere (Gaussian draws normalized), rows of a (K, n) tensor.
+
+    The draws are made in ``dtype`` (the parameters' dtype: a float64 draw would be rounded away, and costs
+    5× as much), the normalization in float64."""
     g = torch.Generator().manual_seed(seed)
-    u = torch.randn((k, n), generator=g, dtype=torch.float64)
+    u = torch.randn((k, n), generator=g, dtype=dtype).double()
     d = radius * u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
     return d.to(dtype)
 

@@ -107,18 +107,23 @@ def test_lanczos_start_vectors_give_the_same_verified_eigenvalues(start):
     assert all(res.converged) and max(res.residuals) <= 1e-8
 
 
-def test_lanczos_start_vector_is_the_documented_one():
-    # one Lanczos step returns the Rayleigh quotient q1ᵀHq1 of the start vector itself
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lanczos_start_vector_is_the_documented_one(dtype):
+    # one Lanczos step returns the Rayleigh quotient q1ᵀHq1 of the start vector itself; z is drawn in the
+    # operator's dtype (float32 for a float32 model) from the seeded generator
     model, x, y = tiny_network("tanh", seed=4)
     H = dense_hessian(model, x, y)
+    model, x = model.to(dtype), x.to(dtype)
     op = HessianOperator(model, x, y)
-    z = torch.randn(op.n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    z = torch.randn(op.n, generator=torch.Generator().manual_seed(3), dtype=dtype).double()
     z /= z.norm()
-    for start, q in (("random", z), ("random+gradient", z + op.grad / op.grad.norm())):
+    g = op.grad.double()
+    rel = 1e-10 if dtype == torch.float64 else 1e-5
+    for start, q in (("random", z), ("random+gradient", z + g / g.norm())):
         q = q / q.norm()
         res = lanczos(op, k=1, max_iters=1, tol=1e-8, seed=3, start=start)
         assert res.iterations == 1
-        assert res.lambda_max == pytest.approx(float(q @ H @ q), rel=1e-10)
+        assert res.lambda_max == pytest.approx(float(q @ H @ q), rel=rel)
 
 
 def test_lanczos_rejects_an_unknown_start():
