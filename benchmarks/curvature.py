@@ -121,9 +121,13 @@ def interleaved(fns: dict, rounds: int = 25) -> dict:
     return {k: statistics.median(v) for k, v in ts.items()}
 
 
-def against_pyhessian(model, x, y, seeds=(0, 1, 2)) -> dict:
+def against_pyhessian(model, x, y, seeds=(0, 1, 2), rounds: int = 3) -> dict:
+    """Time to λ_max and its error for PyHessian and for each Lanczos setting, per seed. Every (method,
+    seed) run is repeated ``rounds`` times round-robin with the others (so drift hits all alike) and its
+    median time is reported; products and errors are deterministic per seed."""
     ref = lanczos(HessianOperator(model, x, y, chunk_size=len(x)), k=1, max_iters=200, tol=1e-10).lambda_max
-    out: dict = {"reference_lambda_max": ref}
+    out: dict = {"reference_lambda_max": ref, "rounds": rounds}
+    methods: dict = {}
     try:
         import importlib
 
@@ -139,37 +143,52 @@ def against_pyhessian(model, x, y, seeds=(0, 1, 2)) -> dict:
             return original(*a, **k)
 
         ph.hessian_vector_product = counted
-        runs = []
-        for seed in seeds:
+
+        def pyhessian_run(seed):
             torch.manual_seed(seed)
             counter["n"] = 0
             t0 = time.perf_counter()
             h = ph.hessian(model, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
             lam = h.eigenvalues(maxIter=100, tol=1e-3)[0][0]
-            runs.append({"seconds": time.perf_counter() - t0, "hvps": counter["n"],
-                         "rel_error": abs(lam - ref) / abs(ref)})
+            sec = time.perf_counter() - t0
             model.zero_grad(set_to_none=True)
-        ph.hessian_vector_product = original
-        out["pyhessian"] = runs
+            return sec, {"hvps": counter["n"], "rel_error": abs(lam - ref) / abs(ref)}
+
+        methods["pyhessian"] = pyhessian_run
+
+    def lanczos_run(start, tol):
+        def run(seed):
+            t0 = time.perf_counter()
+            op = HessianOperator(model, x, y, chunk_size=len(x))
+            res = lanczos(op, k=1, max_iters=100, tol=tol, seed=seed, start=start)
+            return time.perf_counter() - t0, {"hvps": res.num_products, "lanczos_steps": res.iterations,
+                                              "residual": res.residuals[0],
+                                              "rel_error": abs(res.lambda_max - ref) / abs(ref)}
+        return run
+
     for start in STARTS:
         for tol in TOLS:
-            runs = []
-            for seed in seeds:
-                t0 = time.perf_counter()
-                op = HessianOperator(model, x, y, chunk_size=len(x))
-                res = lanczos(op, k=1, max_iters=100, tol=tol, seed=seed, start=start)
-                runs.append({"seconds": time.perf_counter() - t0, "hvps": res.num_products,
-                             "lanczos_steps": res.iterations, "residual": res.residuals[0],
-                             "rel_error": abs(res.lambda_max - ref) / abs(ref)})
-            out[f"lanczos_{start}_tol_{tol:g}"] = runs
-    runs = []
-    for seed in seeds:
+            methods[f"lanczos_{start}_tol_{tol:g}"] = lanczos_run(start, tol)
+
+    def power_run(seed):
         t0 = time.perf_counter()
         op = HessianOperator(model, x, y, chunk_size=len(x))
         res = power_iteration(op, max_iters=300, tol=1e-3, seed=seed)
-        runs.append({"seconds": time.perf_counter() - t0, "hvps": res.num_products, "residual": res.residuals[0],
-                     "rel_error": abs(res.lambda_max - ref) / abs(ref)})
-    out["power_iteration_residual_1e-3"] = runs
+        return time.perf_counter() - t0, {"hvps": res.num_products, "residual": res.residuals[0],
+                                          "rel_error": abs(res.lambda_max - ref) / abs(ref)}
+
+    methods["power_iteration_residual_1e-3"] = power_run
+    times: dict = {(name, seed): [] for name in methods for seed in seeds}
+    info: dict = {}
+    for _ in range(rounds):
+        for seed in seeds:
+            for name, fn in methods.items():
+                sec, info[name, seed] = fn(seed)
+                times[name, seed].append(sec)
+    if "pyhessian" in methods:
+        ph.hessian_vector_product = original
+    for name in methods:
+        out[name] = [{"seconds": statistics.median(times[name, seed]), **info[name, seed]} for seed in seeds]
     return out
 
 
@@ -194,11 +213,16 @@ def probe_overhead(model_cfg_hidden, train, test, tile: int = 1) -> dict:
     cfg = ProbeConfig()
     g = torch.Generator().manual_seed(cfg.seed)
     idx = torch.randperm(len(train[0]), generator=g)[: cfg.samples]
+    parts: dict[str, float] = {}
     t0 = time.perf_counter()
     rec, _ = probe(model, (xt, yt), test, (train[0][idx], train[1][idx]),
-                   {"lr": 0.05, "momentum": 0.9, "nesterov": False}, cfg)
+                   {"lr": 0.05, "momentum": 0.9, "nesterov": False}, cfg, timings=parts)
     t_probe = time.perf_counter() - t0
+    # the seed study's keys need everything but the trace (and the density, which is not per epoch)
+    seed_keys = sum(v for k, v in parts.items() if k not in ("trace", "density"))
     return {"train_epoch_s": t_epoch, "probe_s": t_probe, "probe_fraction_of_epoch": t_probe / t_epoch,
+            "parts_s": parts, "parts_fraction_of_epoch": {k: v / t_epoch for k, v in parts.items()},
+            "seed_keys_fraction_of_epoch": seed_keys / t_epoch,
             "train_examples": len(xt), "tiled": tile, "probe_hvps": rec["hvp_count"],
             "lanczos_iterations": rec["lanczos_iterations"],
             "note": "per-epoch probe vs one epoch of training on the same split at default params"}
@@ -302,6 +326,8 @@ def report(r: dict) -> None:
         what = "offline digits" if po["tiled"] == 1 else f"the digits tiled {po['tiled']}×, a timing workload"
         print(f"\nprobe overhead ({what}): probe {po['probe_s']:.2f} s ({po['probe_hvps']} HVPs) / train epoch "
               f"{po['train_epoch_s']:.2f} s ({po['train_examples']} examples) = {po['probe_fraction_of_epoch']:.0%}")
+        print("  " + "; ".join(f"{k} {v:.0%}" for k, v in po["parts_fraction_of_epoch"].items() if k != "density"))
+        print(f"  the seed study's keys alone (no trace): {po['seed_keys_fraction_of_epoch']:.0%} of an epoch")
     print("\nscaling (2 hidden layers, 2,048 samples)")
     print("  width   params     HVP ms   grad ms   ratio   µs/param   RSS held by operator, MB")
     for s in r["scaling"]:

@@ -14,6 +14,7 @@ Definitions (docs/theory.md derives each; η learning rate, β momentum, g = ∇
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -60,28 +61,44 @@ def probe(
     optimizer: dict[str, Any],
     cfg: ProbeConfig,
     density: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """All metrics of one checkpoint as one flat record (keys of mnist_geometry_metrics.json), and the
-    spectral density (SLQ) if ``density``."""
+    spectral density (SLQ) if ``density``. A ``timings`` dict, if given, receives the wall-clock seconds of
+    each part (kept out of the record, which must be bit-identical run to run)."""
+    clock = [time.perf_counter()]
+
+    def lap(part: str) -> None:
+        now = time.perf_counter()
+        if timings is not None:
+            timings[part] = timings.get(part, 0.0) + now - clock[0]
+        clock[0] = now
+
     model.eval()
     lr, beta, nesterov = optimizer["lr"], optimizer["momentum"], optimizer["nesterov"]
     train_loss, train_acc = evaluate(model, *train, batch_size=cfg.eval_batch_size)
     test_loss, test_acc = evaluate(model, *test, batch_size=cfg.eval_batch_size)
+    lap("full-split evaluation")
 
     xp, yp = probe_data
     op = HessianOperator(model, xp, yp, chunk_size=cfg.chunk_size, keep_graph=True)
+    lap("loss, gradient and HVP cache")
     eig = lanczos(op, k=cfg.top_k, max_iters=cfg.lanczos_iters, tol=cfg.tol, seed=cfg.seed, smallest=cfg.smallest,
                   start=cfg.lanczos_start)
     lam = eig.lambda_max
+    lap("lanczos")
     hg = op.matvec(op.grad)
+    lap("lgdi")
     estimator = hutchpp_trace if cfg.trace_method == "hutch++" else hutchinson_trace
     trace = estimator(op, cfg.trace_samples, seed=cfg.seed) if cfg.trace_samples > 0 else None
     products = op.num_products
+    lap("trace")
     spectrum = None
     if density:
         sd = spectral_density(op, runs=cfg.density_runs, steps=cfg.density_steps, seed=cfg.seed)
         spectrum = {**sd.to_dict(), "hessian_trace_over_n": trace.trace / op.n if trace else None}
     op.release()
+    lap("density")
 
     theta = flatten(model)
     sharp = directional_sharpness(
@@ -91,6 +108,7 @@ def probe(
         cfg.sharpness_directions,
         seed=cfg.seed,
     )
+    lap("directional sharpness")
     n = theta.numel()
     record = {
         "train_loss": train_loss,
