@@ -180,7 +180,9 @@ def probe_checkpoints(
     for epoch in tqdm([e for e in epochs if e in available], desc="probe"):
         ckpt = load_checkpoint(available[epoch])
         model = model_from_checkpoint(ckpt)
-        rec, spectrum = probe(model, train, test, probe_data, ckpt["optimizer"], cfg, epoch in density_epochs)
+        parts: dict[str, float] = {}
+        rec, spectrum = probe(model, train, test, probe_data, ckpt["optimizer"], cfg, epoch in density_epochs,
+                              timings=parts)
         rec = {"epoch": epoch, "diverged": False, **rec}
         if spectrum is not None:
             spectra.append({"epoch": epoch, **spectrum})
@@ -189,6 +191,8 @@ def probe_checkpoints(
             epoch, rec["test_accuracy"], rec["lambda_max"], rec["lambda_max_residual"], rec["lanczos_iterations"],
             rec["lgdi"], rec["hvp_count"],
         )
+        log.info("epoch %d: probe took %.2f s (%s)", epoch, sum(parts.values()),
+                 ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if v >= 0.005))
         records.append(rec)
     # checkpoints missing because training diverged: marked, not silently dropped
     for epoch in [e for e in epochs if e not in available and (not available or e > max(available))]:
