@@ -3,9 +3,10 @@
 * Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` with artifacts under
   ``<root>/mlartifacts``; ``<root>`` is ``$DVC_ROOT`` inside DVC (the main repository, also for queued
   experiments that run in a temporary copy), else the current directory.
-* Run key: SHA-256 of the whole params.yaml (parsed, canonical JSON), the code (``landscape/``,
-  ``stages/``, ``dvc.yaml``) and the data digests; stored in the tag ``landscape.run_key``. A finished run
-  with the same key is reused and nothing is logged again; an unfinished one (a crash) is replaced.
+* Run key: SHA-256 of the whole params.yaml (parsed, canonical JSON), the code (``landscape/*.py``,
+  ``stages/*.py``: what computes the numbers; the track stage depends on all of it, so a code change always
+  gets its own run) and the data digests; stored in the tag ``landscape.run_key``. A finished run with the
+  same key is reused and nothing is logged again; an unfinished one (a crash) is replaced.
 mlflow is imported lazily: it costs seconds per process.
 """
 
@@ -31,7 +32,7 @@ from landscape.io import read_json
 log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "landscape.run_key"
-CODE_GLOBS = ("landscape/*.py", "stages/*.py", "dvc.yaml")
+CODE_GLOBS = ("landscape/*.py", "stages/*.py")  # dvc.yaml computes nothing (and DVC forbids it as a dep)
 
 
 def repo_root() -> Path:

@@ -98,6 +98,20 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     set_params(project, {"probe": {"sharpness_directions": 2}})
     assert reproduce(project, monkeypatch) == ["probe", "plot", "track"]
 
+    # a code edit that changes no output (a comment in the HVP module) reruns probe, whose outputs stay
+    # byte-identical, and track, which logs a new parent run tagged with the code that made it
+    from landscape.tracking import code_digest
+
+    n_runs = len(client.search_runs([run.info.experiment_id]))
+    metrics_bytes = (project / "mnist_geometry_metrics.json").read_bytes()
+    with open(project / "landscape/hvp.py", "a") as fh:
+        fh.write("# an edit that changes no number\n")
+    assert reproduce(project, monkeypatch) == ["probe", "track"]
+    assert (project / "mnist_geometry_metrics.json").read_bytes() == metrics_bytes
+    assert len(client.search_runs([run.info.experiment_id])) == n_runs + 1
+    new_run = client.get_run(json.loads((project / "reports/mlflow_run.json").read_text())["run_id"])
+    assert new_run.data.tags["landscape.code_digest"] == code_digest(project)
+
 
 def test_dvc_metrics_and_plots_commands(project, monkeypatch):
     env = stage_env()
