@@ -66,13 +66,14 @@ def probe(
     """All metrics of one checkpoint as one flat record (keys of mnist_geometry_metrics.json), and the
     spectral density (SLQ) if ``density``. A ``timings`` dict, if given, receives the wall-clock seconds of
     each part (kept out of the record, which must be bit-identical run to run)."""
-    clock = [time.perf_counter()]
+    last = time.perf_counter()
 
     def lap(part: str) -> None:
+        nonlocal last
         now = time.perf_counter()
         if timings is not None:
-            timings[part] = timings.get(part, 0.0) + now - clock[0]
-        clock[0] = now
+            timings[part] = timings.get(part, 0.0) + now - last
+        last = now
 
     model.eval()
     lr, beta, nesterov = optimizer["lr"], optimizer["momentum"], optimizer["nesterov"]
