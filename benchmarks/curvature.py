@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
 
 from landscape.config import ProbeConfig
-from landscape.eigenvalues import lanczos, power_iteration
-from landscape.hvp import HessianOperator
-from landscape.trace import hutchinson_trace, hutchpp_trace
+from landscape.curvature.eigenvalues import lanczos, power_iteration
+from landscape.curvature.hvp import HessianOperator
+from landscape.curvature.trace import hutchinson_trace, hutchpp_trace
 from landscape.data import NORMALIZATION, offline_mnist
 from landscape.geometry import probe
 from landscape.io import write_json

@@ -29,8 +29,12 @@ class ConfigError(Exception):
         self.key = key
 
 
+MAX_SEED = 2**32 - 1  # numpy and torch accept it; larger seeds overflow torch.manual_seed
+
+
 class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: every float must be finite (.inf / .nan in YAML are refused with the key named)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Group):
@@ -38,7 +42,7 @@ class DataConfig(_Group):
     source: str = "auto"
     train_samples: int | None = Field(default=None, gt=0)
     test_samples: int | None = Field(default=None, gt=0)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     download_timeout: float = Field(default=10.0, gt=0, le=600)
 
     @field_validator("source")
@@ -74,8 +78,9 @@ class TrainConfig(_Group):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(default=0.0, ge=0)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     checkpoint_every: int = Field(default=1, ge=1)
+    threads: int = Field(default=1, ge=1, le=256)
 
     @model_validator(mode="after")
     def _nesterov(self) -> TrainConfig:
@@ -85,13 +90,13 @@ class TrainConfig(_Group):
 
     def saved_epochs(self) -> list[int]:
         """Epochs with a checkpoint: 0 (the initialization), every ``checkpoint_every``-th, and the last."""
-        return sorted({0, self.epochs, *range(self.checkpoint_every, self.epochs + 1, self.checkpoint_every)})
+        return saved_epochs(self)
 
 
 class ProbeConfig(_Group):
     every: int = Field(default=1, ge=1)
     samples: int = Field(default=2048, ge=1)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     chunk_size: int = Field(default=1024, ge=1)
     lanczos_iters: int = Field(default=40, ge=2, le=1000)
     tol: float = Field(default=1e-4, gt=0, lt=1)
@@ -124,16 +129,35 @@ class InterpolateConfig(_Group):
         return self
 
 
+MAX_FIGURE_PIXELS = 8000  # per side: larger figures exhaust memory in matplotlib's renderer
+
+
 class PlotConfig(_Group):
     dpi: int = Field(default=120, ge=30, le=600)
     width: float = Field(default=6.4, gt=0, le=40)
     height: float = Field(default=4.0, gt=0, le=40)
     style: Literal["default", "ggplot", "bmh", "classic", "fivethirtyeight", "grayscale"] = "default"
 
+    @model_validator(mode="after")
+    def _pixels(self) -> PlotConfig:
+        for side in ("width", "height"):
+            pixels = getattr(self, side) * self.dpi
+            if pixels > MAX_FIGURE_PIXELS:
+                raise ValueError(f"plot.{side} × plot.dpi = {pixels:.0f} pixels; allowed: at most "
+                                 f"{MAX_FIGURE_PIXELS} (lower plot.dpi or plot.{side})")
+        return self
+
 
 class TrackConfig(_Group):
-    experiment: str = Field(default="landscape", min_length=1)
-    run_name: str | None = None
+    experiment: str = Field(default="landscape", max_length=200)
+    run_name: str | None = Field(default=None, max_length=250)
+
+    @field_validator("experiment", "run_name")
+    @classmethod
+    def _visible(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must contain a visible character (null for run_name = a readable generated name)")
+        return v
 
 
 class Params(_Group):
@@ -172,6 +196,12 @@ class Params(_Group):
                     f"last | all | none | a list from the probed epochs {_short(self.probed_epochs())}",
                     key="probe.density_epochs",
                 )
+        if self.probe.top_k >= self.probe.lanczos_iters:
+            raise ConfigError(
+                f"params.yaml: probe.top_k = {self.probe.top_k} with probe.lanczos_iters = {self.probe.lanczos_iters}: "
+                "Lanczos needs more steps than eigenvalues; allowed: probe.top_k < probe.lanczos_iters",
+                key="probe.top_k",
+            )
         if self.probe.trace_method == "hutch++" and 0 < self.probe.trace_samples < 3:
             raise ConfigError(
                 f"params.yaml: probe.trace_samples = {self.probe.trace_samples} with probe.trace_method = hutch++: "
@@ -193,18 +223,40 @@ class Params(_Group):
         return self
 
     def resolved_end_epoch(self) -> int:
-        return self.train.epochs if self.interpolate.end_epoch is None else self.interpolate.end_epoch
+        return resolved_end_epoch(self)
 
     def probed_epochs(self) -> list[int]:
-        """Every ``probe.every``-th saved checkpoint, always including the last one."""
-        saved = self.train.saved_epochs()
-        return sorted(set(saved[:: self.probe.every]) | {saved[-1]})
+        return probed_epochs(self)
 
     def density_epochs(self) -> list[int]:
-        """Epochs whose Hessian spectral density is estimated (``probe.density_epochs`` resolved)."""
-        de = self.probe.density_epochs
-        probed = self.probed_epochs()
-        return {"last": probed[-1:], "all": probed, "none": []}[de] if isinstance(de, str) else sorted(de)
+        return density_epochs(self)
+
+
+# Derived values as plain functions of the params object (they only read attributes), so that
+# tests/test_layout.py can run them on a recording proxy and derive which keys each stage reads.
+def saved_epochs(train: Any) -> list[int]:
+    """Epochs with a checkpoint: 0 (the initialization), every ``train.checkpoint_every``-th, and the last."""
+    every, epochs = train.checkpoint_every, train.epochs
+    return sorted({0, epochs, *range(every, epochs + 1, every)})
+
+
+def probed_epochs(params: Any) -> list[int]:
+    """Every ``probe.every``-th saved checkpoint, always including the last one."""
+    saved = saved_epochs(params.train)
+    return sorted(set(saved[:: params.probe.every]) | {saved[-1]})
+
+
+def density_epochs(params: Any) -> list[int]:
+    """Epochs whose Hessian spectral density is estimated (``probe.density_epochs`` resolved)."""
+    de = params.probe.density_epochs
+    probed = probed_epochs(params)
+    return {"last": probed[-1:], "all": probed, "none": []}[de] if isinstance(de, str) else sorted(de)
+
+
+def resolved_end_epoch(params: Any) -> int:
+    """``interpolate.end_epoch``, with null meaning the last epoch (``train.epochs``)."""
+    end = params.interpolate.end_epoch
+    return params.train.epochs if end is None else end
 
 
 def _short(values: list[int]) -> str:
@@ -284,14 +336,41 @@ def parse_params(raw: Any) -> Params:
         raise ConfigError(line, key=key) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first at line {seen[key] + 1})",
+                    key_node.start_mark)
+        except TypeError:  # an unhashable key: let the default constructor report it
+            break
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml. Raises ConfigError before any work is done."""
+    """Read and validate params.yaml. Raises ConfigError (one line) before any work is done."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found; allowed: a params.yaml at the repository root")
-    text = path.read_text()
     try:
-        raw = yaml.safe_load(text)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); allowed: a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read ({exc.strerror}); allowed: a readable YAML file") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -300,9 +379,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def flatten(params: Params) -> dict[str, Any]:
-    """``{'train.lr': 0.05, 'model.hidden': [256, 256], ...}`` — for MLflow and hashing."""
+    """``{'train.lr': 0.05, 'model.hidden': [256, 256], ...}`` — every key, for MLflow and hashing."""
     out: dict[str, Any] = {}
-    for group, value in params.model_dump().items():
-        for key, v in value.items():
-            out[f"{group}.{key}"] = v
+    for group, cls in GROUPS.items():
+        values = getattr(params, group)
+        for key in cls.model_fields:
+            out[f"{group}.{key}"] = getattr(values, key)
     return out

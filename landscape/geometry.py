@@ -9,6 +9,9 @@ Definitions (docs/theory.md derives each; η learning rate, β momentum, g = ∇
 * stability_ratio = η·λ_max; stability_threshold = the η·λ at which the optimizer diverges on a quadratic.
 * lgdi = (η/2)·gᵀHg/‖g‖²: L(θ−ηg) − L(θ) ≈ −η‖g‖²(1 − lgdi), so lgdi > 1 means a plain step of size η
   raises the loss to second order.
+* lgdi_effective = the same with the heavy-ball steady-state step η/(1−β) (a constant gradient g moves
+  momentum SGD by η/(1−β)·g per step): (η/(2(1−β)))·gᵀHg/‖g‖². It is the one to read beside the
+  momentum-aware stability threshold; lgdi keeps the original study's definition (plain step η).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import torch
 from torch import nn
 
 from landscape.config import ProbeConfig
-from landscape.density import spectral_density
-from landscape.eigenvalues import lanczos
-from landscape.hvp import HessianOperator
-from landscape.trace import hutchinson_trace, hutchpp_trace
+from landscape.curvature.density import spectral_density
+from landscape.curvature.eigenvalues import lanczos
+from landscape.curvature.hvp import HessianOperator
+from landscape.curvature.trace import hutchinson_trace, hutchpp_trace
 from landscape.evaluation import evaluate, loss_function
 from landscape.parameters import flatten
 from landscape.sharpness import directional_sharpness, trace_prediction
@@ -43,6 +46,11 @@ def stability_threshold(momentum: float, nesterov: bool) -> float:
     if nesterov:
         return 2.0 * (1.0 + b) / (1.0 + 2.0 * b)
     return 2.0 * (1.0 + b)
+
+
+def effective_lr(lr: float, momentum: float) -> float:
+    """Heavy-ball steady-state step η/(1−β): the distance momentum SGD moves per step under a constant gradient."""
+    return lr / (1.0 - momentum)
 
 
 def lgdi(lr: float, grad: torch.Tensor, hg: torch.Tensor) -> float:
@@ -121,6 +129,7 @@ def probe(
         "lgdi": lgdi(lr, op.grad, hg),
         "stability_ratio": lr * lam,
         # beyond the original study's keys
+        "lgdi_effective": lgdi(effective_lr(lr, beta), op.grad, hg),
         "train_accuracy": train_acc,
         "generalization_gap": test_loss - train_loss,
         "probe_loss": op.loss,
@@ -132,8 +141,10 @@ def probe(
         "lambda_top_converged": list(eig.converged),
         "lambda_min": eig.smallest,
         "lambda_min_residual": eig.smallest_residual,
+        "lambda_min_converged": eig.smallest_converged,
         "lambda_max_converged": eig.converged[0],
         "lanczos_iterations": eig.iterations,
+        "lanczos_iterations_smallest": eig.smallest_iterations,
         "lanczos_start": cfg.lanczos_start,
         "hvp_count": products,
         "hvp_route": op.route,
@@ -153,16 +164,32 @@ def probe(
     return record, spectrum
 
 
+def check_probe_size(data_root: str, samples: int) -> None:
+    """probe.samples must fit in the prepared training split (known only after the download stage)."""
+    from landscape.config import ConfigError
+    from landscape.data import load_split
+
+    n_train = len(load_split(data_root, "train")[1])
+    if samples > n_train:
+        raise ConfigError(
+            f"params.yaml: probe.samples = {samples} exceeds the training split ({n_train} examples); "
+            f"allowed: 1..{n_train}",
+            key="probe.samples",
+        )
+
+
 def probe_checkpoints(
     epochs: list[int],
     data_root: str,
     ckpt_dir: str,
     cfg: ProbeConfig,
     density_epochs: list[int] = (),
-) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
-    """Probe each of ``epochs`` that has a checkpoint; return (records, probe-set record, spectra).
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Probe each of ``epochs`` that has a checkpoint; return (records, probe-set record, spectra record).
 
-    Epochs without a checkpoint (training diverged before them) are reported in ``missing``.
+    Epochs without a checkpoint (training diverged before them) get ``{"epoch": e, "diverged": true}``
+    records. With ``probe.density_epochs: last`` the density is taken at the last probed checkpoint that
+    exists; requested density epochs without a checkpoint are listed in the spectra record with the reason.
     """
     import logging
 
@@ -177,12 +204,21 @@ def probe_checkpoints(
     idx = probe_indices(len(train[0]), cfg.samples, cfg.seed)
     probe_data = (train[0][idx], train[1][idx])
     available = list_checkpoints(ckpt_dir)
+    present = [e for e in epochs if e in available]
+    density = set(density_epochs)
+    note = None
+    if cfg.density_epochs == "last" and present and density and not density & set(present):
+        note = (f"probe.density_epochs = last: epoch {max(density)} has no checkpoint (training diverged or "
+                f"stopped at epoch {max(available)}); the density is at the last probed checkpoint, epoch "
+                f"{present[-1]}")
+        log.warning(note)
+        density = {present[-1]}
     records, spectra = [], []
-    for epoch in tqdm([e for e in epochs if e in available], desc="probe"):
+    for epoch in tqdm(present, desc="probe"):
         ckpt = load_checkpoint(available[epoch])
         model = model_from_checkpoint(ckpt)
         parts: dict[str, float] = {}
-        rec, spectrum = probe(model, train, test, probe_data, ckpt["optimizer"], cfg, epoch in density_epochs,
+        rec, spectrum = probe(model, train, test, probe_data, ckpt["optimizer"], cfg, epoch in density,
                               timings=parts)
         rec = {"epoch": epoch, "diverged": False, **rec}
         if spectrum is not None:
@@ -205,7 +241,16 @@ def probe_checkpoints(
         "indices": idx.tolist(),
         "missing_epochs": [e for e in epochs if e not in available],
     }
-    return records, probe_record, spectra
+    missing = sorted(e for e in density if e not in available)
+    spectra_record = {
+        "requested": cfg.density_epochs,
+        "epochs": [sp["epoch"] for sp in spectra],
+        "missing": missing,
+        "note": note or (f"epoch(s) {missing} have no checkpoint (training diverged or stopped at epoch "
+                         f"{max(available) if available else None})" if missing else None),
+        "spectra": spectra,
+    }
+    return records, probe_record, spectra_record
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,6 +19,10 @@ def _col(records: list[dict[str, Any]], key: str) -> list[float]:
     return [float("nan") if r.get(key) is None else r[key] for r in records]
 
 
+def _title(ax: plt.Axes, title: str, data: str) -> None:
+    ax.set_title(f"{title}\n{data}", fontsize=10)
+
+
 def _save(fig: plt.Figure, path: Path, cfg: PlotConfig) -> None:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
@@ -27,17 +31,28 @@ def _save(fig: plt.Figure, path: Path, cfg: PlotConfig) -> None:
     tmp.replace(path)
 
 
+def data_label(dataset: dict[str, Any]) -> str:
+    """Short line naming the data actually used, for figure titles (auto can mean 60k online, 4k offline)."""
+    what = {"download": "downloaded", "local-copy": "full-size local copy", "offline": "offline 5k subset",
+            "directory": "IDX directory"}.get(dataset.get("source_used", ""), dataset.get("source_used", "?"))
+    return (f"{dataset.get('dataset', '?')}, {what}: {dataset['train']['count']:,} train / "
+            f"{dataset['test']['count']:,} test")
+
+
 def make_figures(
     metrics: list[dict[str, Any]],
     line: list[dict[str, Any]],
     line_summary: dict[str, Any],
-    spectra: list[dict[str, Any]],
+    spectra_record: dict[str, Any],
     history: dict[str, Any],
+    dataset: dict[str, Any],
     cfg: PlotConfig,
     out_dir: Path,
 ) -> list[Path]:
-    """Write the standard figures to ``out_dir``; return their paths."""
+    """Write the standard figures to ``out_dir``; return their paths. Every title names the data used."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    spectra = spectra_record.get("spectra", [])
+    data = data_label(dataset)
     plt.style.use(cfg.style)
     size = (cfg.width, cfg.height)
     ep = _col(metrics, "epoch")
@@ -62,7 +77,7 @@ def make_figures(
     mark_divergence(ax)
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
-    ax.set_title("Loss and accuracy (full splits)" + (f"; training diverged in epoch {div}" if div else ""))
+    _title(ax, "Loss and accuracy (full splits)" + (f"; training diverged in epoch {div}" if div else ""), data)
     _save(fig, paths[0], cfg)
 
     fig, ax = plt.subplots(figsize=size)
@@ -71,19 +86,23 @@ def make_figures(
     ax.set_xlabel("epoch")
     ax.set_ylabel(r"$\lambda_{max}$")
     mark_divergence(ax)
-    ax.set_title(f"Top Hessian eigenvalue (η = {eta:g})")
+    _title(ax, f"Top Hessian eigenvalue (η = {eta:g})", data)
     ax.legend()
     _save(fig, paths[1], cfg)
 
     fig, ax = plt.subplots(figsize=size)
     ax.plot(ep, _col(metrics, "stability_ratio"), "o-", label=r"stability ratio $\eta\lambda_{max}$")
-    ax.plot(ep, _col(metrics, "lgdi"), "s-", label=r"lgdi $(\eta/2)\,g^THg/\|g\|^2$")
-    ax.axhline(threshold, color="tab:red", ls="--", label=f"divergence threshold {threshold:.3g}")
-    ax.axhline(1.0, color="gray", ls=":", label="lgdi = 1")
+    ax.axhline(threshold, color="tab:red", ls="--", label=f"divergence threshold of the ratio: {threshold:.3g}")
+    ax.plot(ep, _col(metrics, "lgdi"), "s-", label=r"lgdi, plain step $\eta$: $(\eta/2)\,g^THg/\|g\|^2$")
+    if any(r.get("lgdi_effective") is not None for r in metrics):
+        beta = finite[0].get("momentum", 0.0) if finite else 0.0
+        ax.plot(ep, _col(metrics, "lgdi_effective"), "d-",
+                label=rf"lgdi_effective, heavy-ball step $\eta/(1-\beta)$, $\beta$ = {beta:g}")
+    ax.axhline(1.0, color="gray", ls=":", label="lgdi = 1 (a step of that size raises the loss)")
     mark_divergence(ax)
     ax.set_xlabel("epoch")
-    ax.set_title("Optimization stability")
-    ax.legend()
+    _title(ax, "Optimization stability", data)
+    ax.legend(fontsize=8)
     _save(fig, paths[2], cfg)
 
     fig, ax = plt.subplots(figsize=size)
@@ -101,7 +120,7 @@ def make_figures(
     ax2.set_ylabel("gradient norm")
     handles += ax2.get_lines()
     ax.legend(handles, [h.get_label() for h in handles], loc="upper right")
-    ax.set_title("Sharpness and gradient norm")
+    _title(ax, "Sharpness and gradient norm", data)
     _save(fig, paths[3], cfg)
 
     fig, ax = plt.subplots(figsize=size)
@@ -112,12 +131,12 @@ def make_figures(
     if line:
         ax.plot([0.0, 1.0], [s["loss_start"], s["loss_end"]], "k*", ms=12,
                 label=f"endpoints: epoch {s['start_epoch']} (α=0), epoch {s['end_epoch']} (α=1)")
-        ax.set_title(f"Loss along the line (barrier height {s['barrier_height']:.3g})")
+        _title(ax, f"Loss along the line (loss barrier {s['barrier_height']:.3g})", data)
         ax.legend()
     else:
         ax.text(0.5, 0.5, f"no line: {s.get('skipped', 'no points')}", ha="center", wrap=True,
                 transform=ax.transAxes, fontsize=8)
-        ax.set_title("Loss along the line")
+        _title(ax, "Loss along the line", data)
     ax.set_xlabel(r"$\alpha$,  $\theta(\alpha) = (1-\alpha)\theta_a + \alpha\theta_b$")
     ax.set_ylabel("cross-entropy (nats)")
     _save(fig, paths[4], cfg)
@@ -128,11 +147,16 @@ def make_figures(
     if spectra:
         ax.set_ylim(bottom=max(1e-8, min(min(sp["density"]) for sp in spectra) * 10))
         ax.legend()
-    else:
-        ax.text(0.5, 0.5, "no spectral density requested (probe.density_epochs: none)", ha="center",
-                transform=ax.transAxes)
+    if spectra_record.get("note") or not spectra:
+        if spectra_record.get("note"):
+            text = spectra_record["note"]
+        elif spectra_record.get("requested") == "none":
+            text = "no spectral density requested (probe.density_epochs: none)"
+        else:
+            text = "no spectral density: no requested epoch has a checkpoint"
+        ax.text(0.5, 0.5 if not spectra else 0.05, text, ha="center", transform=ax.transAxes, fontsize=8, wrap=True)
     ax.set_xlabel("eigenvalue of $\\nabla^2 L_P$")
     ax.set_ylabel("density (SLQ, Gaussian kernel)")
-    ax.set_title("Hessian eigenvalue density")
+    _title(ax, "Hessian eigenvalue density", data)
     _save(fig, paths[5], cfg)
     return paths

@@ -1,12 +1,16 @@
-"""Everything MLflow: one parent run per pipeline configuration, filled from the DVC-tracked files.
+"""Everything MLflow: one parent run per pipeline state, filled from the DVC-tracked files.
 
-* Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` with artifacts under
+* Store: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` with artifacts under
   ``<root>/mlartifacts``; ``<root>`` is ``$DVC_ROOT`` inside DVC (the main repository, also for queued
-  experiments that run in a temporary copy), else the current directory.
-* Run key: SHA-256 of the whole params.yaml (parsed, canonical JSON), the code (``landscape/*.py``,
-  ``stages/*.py``: what computes the numbers; the track stage depends on all of it, so a code change always
-  gets its own run) and the data digests; stored in the tag ``landscape.run_key``. A finished run with the
-  same key is reused and nothing is logged again; an unfinished one (a crash) is replaced.
+  experiments that run in a temporary copy), else the current directory. ``reports/mlflow_run.json`` records
+  the default store as ``sqlite:///mlflow.db`` (relative to the repository root), true in any clone.
+* Reuse: a run is keyed by :func:`landscape.provenance.run_key` (params, code, data; tag
+  ``landscape.run_key``) and carries the digest of the result files it logged (tag
+  ``landscape.outputs_digest``). A finished run is reused (nothing logged) only when both match the files on
+  disk; otherwise a new run is logged and the reason is said. An unfinished run (a crash) is deleted.
+* Metric names are grouped by prefix (``loss/``, ``curvature/``, ``sharpness/``, ``stability/``, …) because
+  the MLflow UI groups charts by the part before ``/``. The JSON files keep their own keys.
+
 mlflow is imported lazily: it costs seconds per process.
 """
 
@@ -14,25 +18,54 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import math
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from landscape.errors import LandscapeError
 from landscape.io import read_json
+from landscape.provenance import code_digest, git_commit, outputs_digest, run_key
 
 log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "landscape.run_key"
-CODE_GLOBS = ("landscape/*.py", "stages/*.py")  # dvc.yaml computes nothing (and DVC forbids it as a dep)
+OUTPUTS_TAG = "landscape.outputs_digest"
+DEFAULT_STORE = "sqlite:///mlflow.db"  # relative to the repository root
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 opens on the runs, not GenAI
+
+# per-epoch record keys -> MLflow metric names (charts are grouped by the part before '/')
+EPOCH_METRICS = {
+    "train_loss": "loss/train", "test_loss": "loss/test", "probe_loss": "loss/probe",
+    "generalization_gap": "loss/generalization_gap",
+    "train_accuracy": "accuracy/train", "test_accuracy": "accuracy/test",
+    "grad_norm": "gradient/norm",
+    "lambda_max": "curvature/lambda_max", "lambda_max_residual": "curvature/lambda_max_residual",
+    "lambda_min": "curvature/lambda_min", "lambda_min_residual": "curvature/lambda_min_residual",
+    "hessian_trace": "curvature/hessian_trace", "hessian_trace_stderr": "curvature/hessian_trace_stderr",
+    "lanczos_iterations": "curvature/lanczos_iterations", "hvp_count": "curvature/hvp_count",
+    "directional_sharpness": "sharpness/directional", "directional_sharpness_stderr": "sharpness/directional_stderr",
+    "sharpness_trace_prediction": "sharpness/trace_prediction",
+    "stability_ratio": "stability/ratio", "stability_threshold": "stability/threshold",
+    "lgdi": "stability/lgdi", "lgdi_effective": "stability/lgdi_effective",
+}
+# record keys that are settings or flags, not measurements: logged as params or not at all
+NOT_METRICS = {"epoch", "diverged", "lr", "momentum", "nesterov", "num_params", "probe_samples", "sharpness_radius",
+               "sharpness_directions", "trace_samples", "lambda_max_converged", "lambda_min_converged"}
+
+
+def metric_name(key: str) -> str:
+    """The grouped MLflow name of a per-epoch record key (``curvature/…`` etc.; unknown keys go to ``probe/``)."""
+    if key in EPOCH_METRICS:
+        return EPOCH_METRICS[key]
+    for prefix, group in (("lambda", "curvature"), ("hessian", "curvature"), ("sharpness", "sharpness"),
+                          ("worst_case", "sharpness"), ("adaptive", "sharpness")):
+        if key.startswith(prefix) or prefix in key:
+            return f"{group}/{key}"
+    return f"probe/{key}"
 
 
 def repo_root() -> Path:
@@ -40,45 +73,25 @@ def repo_root() -> Path:
 
 
 def tracking_uri(root: Path | None = None) -> str:
+    """The URI MLflow is given: ``MLFLOW_TRACKING_URI``, else the absolute path of the root's mlflow.db."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     return f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
 
 
-def _prepare_env() -> None:
+def recorded_store() -> str:
+    """How the store is written into files committed to git: the default store relative to the repository
+    root (true in any clone), or the user's ``MLFLOW_TRACKING_URI`` as given."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
+
+
+def prepare_env() -> None:
     # Fail fast when a tracking server is down (defaults retry for minutes).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-def code_digest(workdir: Path) -> str:
-    h = hashlib.sha256()
-    for pattern in CODE_GLOBS:
-        for p in sorted(workdir.glob(pattern)):
-            h.update(p.as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def run_key(params_path: Path, workdir: Path, dataset: dict[str, Any]) -> str:
-    raw = yaml.safe_load(params_path.read_text())
-    payload = {
-        "params": raw,
-        "code": code_digest(workdir),
-        "data": {s: [dataset[s]["sha256_x"], dataset[s]["sha256_y"]] for s in ("train", "test")},
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def git_commit(workdir: Path) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _metric_value(v: Any) -> float | None:
@@ -90,21 +103,42 @@ def _metric_value(v: Any) -> float | None:
 
 
 def get_or_create_experiment(client: Any, name: str, uri: str, root: Path) -> str:
+    """The experiment's id (created with the artifact root beside the store when new), tagged so that
+    MLflow 3's UI opens it on its runs (model training), not on the GenAI overview."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        try:
+            exp_id = client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        except Exception:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+        if any(exp.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):
+            for k, v in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(exp_id, k, v)
+    return exp_id
+
+
+def ui_experiment_id(uri: str, name: str) -> str | None:
+    """The id of experiment ``name`` in the store, or None when it does not exist (yet)."""
+    prepare_env()
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
+    return None if exp is None else exp.experiment_id
+
+
+def runs_page_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI page listing an experiment's runs, on its model-training view."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 @contextlib.contextmanager
-def _store_lock(root: Path, uri: str):
+def store_lock(root: Path, uri: str):
     """Serialize writers of one SQLite store (parallel queued experiments log into the same mlflow.db;
     SQLite's first-use schema creation races otherwise)."""
     if not uri.startswith("sqlite:"):
@@ -119,7 +153,7 @@ def _store_lock(root: Path, uri: str):
 
 
 @contextlib.contextmanager
-def _failures_name_the_store(uri: str):
+def failures_name_the_store(uri: str):
     """Any failure of the tracking store becomes one line that names it (the traceback goes to debug)."""
     try:
         yield
@@ -134,53 +168,105 @@ def _failures_name_the_store(uri: str):
         ) from None
 
 
+def readable_run_name(flat_params: dict[str, Any], defaults: dict[str, Any], dataset: dict[str, Any]) -> str:
+    """The data actually used (``mnist offline 4000/1000``), then the params that differ from the defaults
+    (``lr=0.1 hidden=[64]``, or ``defaults``); the same for the same pipeline state."""
+    skip = {"track.experiment", "track.run_name"}
+    diffs = [f"{k.split('.', 1)[1]}={_short(v)}" for k, v in flat_params.items()
+             if k not in skip and defaults.get(k) != v]
+    data = f"{dataset.get('dataset', '?')} {dataset.get('source_used', '?')} " \
+           f"{dataset['train']['count']}/{dataset['test']['count']}"
+    return f"{data} · {' '.join(diffs) if diffs else 'defaults'}"[:250]
+
+
+def _short(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":")) if isinstance(v, list) else str(v)
+
+
+def epoch_metrics(records: list[dict[str, Any]], history: dict[str, Any], timestamp: int) -> list[Any]:
+    """MLflow ``Metric`` objects: every numeric per-epoch record value at ``step = epoch``, the running
+    train loss and epoch wall time from the train history."""
+    from mlflow.entities import Metric
+
+    out = []
+    for rec in records:
+        for k, v in rec.items():
+            value = _metric_value(v)
+            if k not in NOT_METRICS and value is not None:
+                out.append(Metric(metric_name(k), value, timestamp, int(rec["epoch"])))
+    for h in history.get("history", []):
+        for k, name in (("train_loss", "train/running_loss"), ("wall_time_s", "time/epoch_s")):
+            value = _metric_value(h.get(k))
+            if value is not None:
+                out.append(Metric(name, value, timestamp, int(h["epoch"])))
+    return out
+
+
 def log_pipeline(
     flat_params: dict[str, Any],
+    defaults: dict[str, Any],
     experiment: str,
     run_name: str | None,
     workdir: Path,
     files: dict[str, Path],
     figures: list[Path],
+    timings: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """Create (or find) the parent run of this pipeline state and fill it; return its description.
+    """Create (or reuse) the parent run of this pipeline state and fill it; return its description.
 
     ``files`` maps names to the DVC-tracked outputs: ``metrics`` (mnist_geometry_metrics.json), ``line``
-    (line_loss.json), ``line_summary``, ``probe_summary``, ``history``, ``dataset``, ``probe_indices``, ``params``.
+    (line_loss.json), ``line_summary``, ``probe_summary``, ``history``, ``dataset``, ``probe_indices``,
+    ``spectrum``, ``params``. ``timings`` maps stage names to ``{started_at, finished_at, wall_s}`` (epoch
+    seconds); the run spans the earliest start to now, and each stage's wall time is a ``time/`` metric.
     """
-    _prepare_env()
+    prepare_env()
     root = repo_root()
     uri = tracking_uri(root)
-    with _failures_name_the_store(uri), _store_lock(root, uri):
+    with failures_name_the_store(uri), store_lock(root, uri):
         from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
 
         dataset = read_json(files["dataset"])
         key = run_key(files["params"], workdir, dataset)
+        digest = outputs_digest(result_contents(files))
         client = MlflowClient(tracking_uri=uri)
         exp_id = get_or_create_experiment(client, experiment, uri, root)
-        description = {"tracking_uri": uri, "experiment_name": experiment, "experiment_id": exp_id, "run_key": key}
-
+        description = {"store": recorded_store(), "experiment_name": experiment, "experiment_id": exp_id,
+                       "run_key": key}
+        reason = "no run of this pipeline state yet"
         for run in client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=50):
-            if run.info.status == "FINISHED":
-                log.info("run %s already holds this pipeline state; nothing new logged", run.info.run_id)
-                return {**description, "run_id": run.info.run_id, "reused": True}
-            log.warning("deleting unfinished run %s of the same pipeline state", run.info.run_id)
-            client.delete_run(run.info.run_id)
+            if run.info.status != "FINISHED":
+                log.warning("deleting unfinished run %s of the same pipeline state", run.info.run_id)
+                client.delete_run(run.info.run_id)
+            elif run.data.tags.get(OUTPUTS_TAG) == digest:
+                log.info("run %s already holds this pipeline state and these outputs; nothing new logged",
+                         run.info.run_id)
+                return {**description, "run_id": run.info.run_id, "run_name": run.info.run_name, "reused": True}
+            else:
+                reason = (f"run {run.info.run_id} has the same params, code and data but other outputs "
+                          "(logged before the files on disk were recomputed)")
+                log.warning("%s; logging a new run", reason)
 
-        commit = git_commit(workdir)
+        history = read_json(files["history"])
+        name = run_name or os.environ.get("DVC_EXP_NAME") or readable_run_name(flat_params, defaults, dataset)
         tags = {
             RUN_KEY_TAG: key,
-            "mlflow.source.git.commit": commit,
+            OUTPUTS_TAG: digest,
+            "mlflow.source.git.commit": git_commit(workdir),
             "landscape.code_digest": code_digest(workdir),
             "landscape.dataset": dataset.get("dataset", ""),
             "landscape.data_source": dataset.get("source_used", ""),
+            "landscape.data": f"{dataset.get('dataset')} from {dataset.get('source_used')}: "
+                              f"{dataset['train']['count']} train / {dataset['test']['count']} test",
+            "landscape.new_run_reason": reason,
         }
         if os.environ.get("DVC_EXP_NAME"):
             tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-        history = read_json(files["history"])
         if history.get("diverged"):
             tags["landscape.diverged"] = f"epoch {history.get('diverged_epoch')}"
-        run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        starts = [t["started_at"] for t in timings.values() if t.get("started_at")]
+        start_ms = int(1000 * min(starts)) if starts else None
+        run = client.create_run(exp_id, run_name=name, tags=tags, start_time=start_ms)
         run_id = run.info.run_id
         try:
             params = [Param(k, str(v)[:6000]) for k, v in sorted(flat_params.items())]
@@ -191,37 +277,49 @@ def log_pipeline(
                 client.log_batch(run_id, params=params[i : i + 100])
 
             now = int(time.time() * 1000)
-            metrics: list[Metric] = []
-            for rec in read_json(files["metrics"]):
-                for k, v in rec.items():
-                    value = _metric_value(v)
-                    if k != "epoch" and value is not None:
-                        metrics.append(Metric(k, value, now, int(rec["epoch"])))
-            for h in history.get("history", []):
-                for k in ("train_loss", "wall_time_s"):
-                    value = _metric_value(h.get(k))
-                    if value is not None:
-                        metrics.append(Metric(f"train.running_{k}" if k == "train_loss" else f"train.{k}", value, now,
-                                              int(h["epoch"])))
+            metrics = epoch_metrics(read_json(files["metrics"]), history, now)
             summary = {**read_json(files["probe_summary"])}
-            line_summary = read_json(files["line_summary"])
-            summary.update({f"line.{k}": v for k, v in line_summary.items()})
+            summary.update({f"line/{k}": v for k, v in read_json(files["line_summary"]).items()})
             for k, v in summary.items():
                 value = _metric_value(v)
                 if value is not None:
-                    metrics.append(Metric(f"summary.{k}", value, now, 0))
+                    metrics.append(Metric(f"summary/{k}", value, now, 0))
+            for stage, t in sorted(timings.items()):
+                if _metric_value(t.get("wall_s")) is not None:
+                    metrics.append(Metric(f"time/{stage}_s", float(t["wall_s"]), now, 0))
             for i in range(0, len(metrics), 1000):
                 client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
-            for name in ("metrics", "line", "line_summary", "probe_summary", "history", "dataset", "probe_indices",
-                         "spectrum", "params"):
-                client.log_artifact(run_id, str(files[name]), artifact_path="outputs")
+            for name_ in sorted(files):
+                if Path(files[name_]).is_file():
+                    client.log_artifact(run_id, str(files[name_]), artifact_path="outputs")
             for fig in figures:
                 client.log_artifact(run_id, str(fig), artifact_path="plots")
             client.set_tag(run_id, "landscape.complete", "true")
         except BaseException:
             client.set_terminated(run_id, status="FAILED")
             raise
-        client.set_terminated(run_id, status="FINISHED")
-        log.info("logged MLflow run %s to %s", run_id, uri)
-        return {**description, "run_id": run_id, "reused": False}
+        client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
+        log.info("logged MLflow run %s (%s) to %s", run_id, name, uri)
+        return {**description, "run_id": run_id, "run_name": name, "reused": False}
+
+
+TIMING_FIELDS = ("wall_time_s", "resumed_from")  # in train_history.json: how long and how, not what
+
+
+def result_contents(files: dict[str, Path]) -> dict[str, bytes | None]:
+    """The bytes of every result file a run logs, with train_history.json's timing fields left out (they
+    differ run to run while the results do not)."""
+    out: dict[str, bytes | None] = {}
+    for name, path in files.items():
+        path = Path(path)
+        if not path.is_file():
+            out[name] = None
+        elif name == "history":
+            blob = read_json(path)
+            blob = {k: v for k, v in blob.items() if k not in TIMING_FIELDS}
+            blob["history"] = [{k: v for k, v in h.items() if k not in TIMING_FIELDS} for h in blob.get("history", [])]
+            out[name] = json.dumps(blob, sort_keys=True).encode()
+        else:
+            out[name] = path.read_bytes()
+    return out

@@ -33,17 +33,21 @@ from landscape.checkpoints import (
 )
 from landscape.config import ModelConfig, TrainConfig
 from landscape.data import NUM_CLASSES, load_split, read_json
+from landscape.io import write_json
 from landscape.models import MLP
 
 log = logging.getLogger(__name__)
 
 
 _CODE = ("training.py", "models.py", "data.py", "checkpoints.py", "config.py")
+WALL_TIMES = ".wall_times.json"  # kept beside the checkpoints, outside DVC's view (.dvcignore): timings vary
 
 
 def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_root: Path) -> str:
-    """SHA-256 of everything a checkpoint depends on: model + train params, the data digests, and the code
-    that trains (so a fix in the training code is never 'resumed' past by an old checkpoint)."""
+    """SHA-256 of everything the training trajectory depends on: model + train params (except ``epochs`` and
+    ``checkpoint_every``, which only say how far to go and what to keep), the data digests, the thread count
+    (parallel reductions round differently), the torch version and the code that trains (so a fix in the
+    training code is never 'resumed' past by an old checkpoint)."""
     meta = read_json(Path(data_root) / "dataset.json")
     here = Path(__file__).parent
     payload = {
@@ -57,27 +61,66 @@ def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, data_root: Path)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _find_resume_point(ckpt_dir: Path, fp: str, max_epoch: int) -> dict[str, Any] | None:
-    """The newest readable checkpoint with a matching fingerprint; others are removed with a warning."""
-    best = None
-    stale = []
-    for epoch, path in sorted(list_checkpoints(ckpt_dir).items(), reverse=True):
+def remove_stale_temp_files(ckpt_dir: Path) -> list[Path]:
+    """Delete ``.epoch_NNN.pt.*.tmp`` files left by a write that was killed mid-way."""
+    stale = sorted(Path(ckpt_dir).glob(".epoch_*.tmp"))
+    for p in stale:
+        p.unlink()
+    if stale:
+        log.info("removed %d temporary file(s) of an interrupted checkpoint write", len(stale))
+    return stale
+
+
+def _resume_point(ckpt_dir: Path, fp: str, saved: list[int]) -> dict[str, Any] | None:
+    """Keep exactly the checkpoints a fresh run with these params would have written so far, and return
+    the one to continue from: the newest checkpoint before which every saved epoch is present.
+
+    Removed (one log line): unreadable files, checkpoints of another fingerprint (other params, data,
+    threads or training code), and epochs a fresh run would not save (``checkpoint_every`` or ``epochs``
+    changed). Missing epochs are produced by training on from the last complete prefix.
+    """
+    wanted = set(saved)
+    removed: dict[str, list[int]] = {"unreadable": [], "other params, data or code": [], "not saved now": []}
+    kept: dict[int, dict[str, Any]] = {}
+    for epoch, path in list_checkpoints(ckpt_dir).items():
         try:
             ckpt = load_checkpoint(path)
         except CheckpointError as exc:
             log.warning("skipping %s", exc)
             path.unlink()
+            removed["unreadable"].append(epoch)
             continue
-        if ckpt.get("fingerprint") != fp or epoch > max_epoch or ckpt.get("epoch") != epoch:
-            stale.append(epoch)
-            path.unlink()
+        if ckpt.get("fingerprint") != fp or ckpt.get("epoch") != epoch:
+            removed["other params, data or code"].append(epoch)
+        elif epoch not in wanted:
+            removed["not saved now"].append(epoch)
+        else:
+            kept[epoch] = ckpt
             continue
-        if best is None:
-            best = ckpt
-    if stale:
-        log.warning("removed %d checkpoint(s) (epochs %s) made with other params, data or training code; "
-                    "not resuming from them", len(stale), sorted(stale))
+        path.unlink()
+    for why, epochs in removed.items():
+        if epochs and why != "unreadable":
+            reason = ("made with other params, data or training code" if why.startswith("other")
+                      else "that a fresh run with these params would not write")
+            log.warning("removed %d checkpoint(s) (epochs %s) %s; not resuming from them", len(epochs), epochs,
+                        reason)
+    best = None
+    for epoch in saved:
+        if epoch not in kept:
+            break
+        best = kept[epoch]
     return best
+
+
+def _read_wall_times(ckpt_dir: Path, fp: str) -> dict[int, float]:
+    path = Path(ckpt_dir) / WALL_TIMES
+    try:
+        blob = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(blob, dict) or blob.get("fingerprint") != fp:
+        return {}
+    return {int(k): float(v) for k, v in blob.get("wall_time_s", {}).items()}
 
 
 def train(
@@ -94,9 +137,11 @@ def train(
     """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(ckpt_dir)
     x, y = load_split(data_root, "train")
     fp = fingerprint(model_cfg, train_cfg, data_root)
-    saved = set(train_cfg.saved_epochs())
+    saved_list = train_cfg.saved_epochs()
+    saved = set(saved_list)
 
     torch.manual_seed(train_cfg.seed)
     model = MLP(x.shape[1], model_cfg.hidden, model_cfg.activation, NUM_CLASSES)
@@ -110,8 +155,16 @@ def train(
     batches = torch.Generator().manual_seed(train_cfg.seed)
     history: list[dict[str, Any]] = []
     start = 0
+    wall_times: dict[int, float] = {}
 
-    ckpt = _find_resume_point(ckpt_dir, fp, train_cfg.epochs) if resume else None
+    if resume:
+        ckpt = _resume_point(ckpt_dir, fp, saved_list)
+        wall_times = _read_wall_times(ckpt_dir, fp)
+    else:
+        ckpt = None
+        for path in list_checkpoints(ckpt_dir).values():
+            path.unlink()
+        log.info("training from scratch (no resume)")
     if ckpt is not None:
         start = ckpt["epoch"]
         model = model_from_checkpoint(ckpt)
@@ -119,11 +172,14 @@ def train(
         opt.load_state_dict(ckpt["optimizer_state"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         batches.set_state(ckpt["rng"]["batches"])
-        history = [{**h, "wall_time_s": None} for h in ckpt["history"]]  # times of the killed run are lost
-        log.info("resuming from %s (epoch %d of %d)", checkpoint_path(ckpt_dir, start), start, train_cfg.epochs)
-    elif not resume:
-        for path in list_checkpoints(ckpt_dir).values():
-            path.unlink()
+        history = [{**h, "wall_time_s": wall_times.get(h["epoch"])} for h in ckpt["history"]]
+        if start > 0:
+            log.info("resuming from %s (epoch %d of %d)", checkpoint_path(ckpt_dir, start), start,
+                     train_cfg.epochs)
+
+    def record_wall_times() -> None:
+        times = {str(h["epoch"]): h["wall_time_s"] for h in history if h.get("wall_time_s") is not None}
+        write_json(ckpt_dir / WALL_TIMES, {"fingerprint": fp, "wall_time_s": times})
 
     def save(epoch: int) -> None:
         save_checkpoint(
@@ -182,6 +238,7 @@ def train(
             "diverged": diverged,
         }
         history.append(entry)
+        record_wall_times()
         if diverged:
             diverged_epoch = epoch
             log.warning("training diverged in epoch %d (non-finite loss or weights); stopping", epoch)
@@ -192,6 +249,7 @@ def train(
             save(epoch)
     return {
         "epochs": train_cfg.epochs,
+        "resumed_from": start if ckpt is not None else None,
         "diverged": diverged_epoch is not None,
         "diverged_epoch": diverged_epoch,
         "history": history,

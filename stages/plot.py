@@ -1,11 +1,11 @@
 """Stage plot: the standard figures -> plots/*.png."""
 
-from landscape import cli  # first: sets the thread/offline environment
-from landscape.config import load_params
+from landscape import runtime  # first: sets the thread/offline environment
+from landscape import stage_inputs
 
 
 def main() -> None:
-    cfg = load_params().plot  # validate before importing matplotlib or touching any file
+    cfg = stage_inputs.load("plot").plot  # validate before importing matplotlib or touching any file
 
     from pathlib import Path
 
@@ -18,6 +18,7 @@ def main() -> None:
         read_json("reports/line_summary.json"),
         read_json("reports/spectrum.json"),
         read_json("reports/train_history.json"),
+        read_json("data/dataset.json"),
         cfg,
         Path("plots"),
     )
@@ -25,4 +26,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run_stage("plot", main)
+    runtime.run_stage("plot", main)

@@ -1,26 +1,19 @@
 """Stage probe: geometry of every probed checkpoint -> mnist_geometry_metrics.json (+ summary, probe indices)."""
 
-from landscape import cli  # first: sets the thread/offline environment
-from landscape.config import ConfigError, load_params
+from landscape import runtime  # first: sets the thread/offline environment
+from landscape import stage_inputs
 
 
 def main() -> None:
-    params = load_params()  # validate before importing torch or touching any file
+    inputs = stage_inputs.load("probe")  # validate before importing torch or touching any file
 
-    from landscape.data import load_split
-    from landscape.geometry import probe_checkpoints, summarize
+    from landscape.geometry import check_probe_size, probe_checkpoints, summarize
     from landscape.io import write_json
 
-    n_train = len(load_split("data", "train")[1])
-    if params.probe.samples > n_train:
-        raise ConfigError(
-            f"params.yaml: probe.samples = {params.probe.samples} exceeds the training split "
-            f"({n_train} examples); allowed: 1..{n_train}",
-            key="probe.samples",
-        )
-    records, probe_set, spectra = probe_checkpoints(
-        params.probed_epochs(), "data", "checkpoints", params.probe, params.density_epochs()
-    )
+    runtime.configure_torch(inputs.threads)
+    check_probe_size("data", inputs.probe.samples)
+    records, probe_set, spectra = probe_checkpoints(inputs.epochs, "data", "checkpoints", inputs.probe,
+                                                    inputs.density_epochs)
     write_json("reports/probe_indices.json", probe_set)
     write_json("reports/spectrum.json", spectra)
     write_json("mnist_geometry_metrics.json", records)
@@ -29,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run_stage("probe", main)
+    runtime.run_stage("probe", main)

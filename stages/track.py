@@ -1,7 +1,7 @@
 """Stage track: record this pipeline state as one MLflow parent run -> reports/mlflow_run.json."""
 
-from landscape import cli  # first: sets the thread/offline environment
-from landscape.config import flatten, load_params
+from landscape import runtime  # first: sets the thread/offline environment
+from landscape import stage_inputs
 
 FILES = {
     "metrics": "mnist_geometry_metrics.json",
@@ -14,28 +14,37 @@ FILES = {
     "spectrum": "reports/spectrum.json",
     "params": "params.yaml",
 }
+TIMED_STAGES = ("download", "train", "probe", "interpolate", "plot")
 
 
 def main() -> None:
-    params = load_params()  # validate before importing mlflow or touching any file
+    inputs = stage_inputs.load("track")  # validate before importing mlflow or touching any file
 
     from pathlib import Path
 
-    from landscape.io import write_json
+    from landscape.config import Params, flatten
+    from landscape.io import read_json, write_json
     from landscape.plotting import FIGURES
     from landscape.tracking import log_pipeline
 
+    timings = {s: read_json(runtime.TIMINGS_DIR / f"{s}.json") for s in TIMED_STAGES
+               if (runtime.TIMINGS_DIR / f"{s}.json").exists()}
     run = log_pipeline(
-        flatten(params),
-        params.track.experiment,
-        params.track.run_name,
+        inputs.flat_params,
+        flatten(Params()),
+        inputs.experiment,
+        inputs.run_name,
         Path.cwd(),
         {k: Path(v) for k, v in FILES.items()},
         [Path("plots") / f"{name}.png" for name in FIGURES],
+        timings,
     )
     write_json("reports/mlflow_run.json", run)
-    print(f"track: MLflow run {run['run_id']} ({'reused' if run['reused'] else 'new'}) at {run['tracking_uri']}")
+    data = read_json("data/dataset.json")
+    print(f"track: MLflow run {run['run_id']} '{run['run_name']}' ({'reused' if run['reused'] else 'new'}) "
+          f"in {run['store']}; data: {data['dataset']} from {data['source_used']} "
+          f"({data['train']['count']} train / {data['test']['count']} test)")
 
 
 if __name__ == "__main__":
-    cli.run_stage("track", main)
+    runtime.run_stage("track", main, timing=False)

@@ -1,22 +1,25 @@
 """Stage train: SGD with checkpoints -> checkpoints/epoch_NNN.pt and reports/train_history.json."""
 
-from landscape import cli  # first: sets the thread/offline environment
-from landscape.config import load_params
+from landscape import runtime  # first: sets the thread/offline environment
+from landscape import stage_inputs
 
 
 def main() -> None:
-    params = load_params()  # validate before importing torch or touching any file
+    inputs = stage_inputs.load("train")  # validate before importing torch or touching any file
 
     from pathlib import Path
 
     from landscape.io import write_json
+    from landscape.provenance import rerun_of_locked_state
     from landscape.training import train
 
-    result = train(params.model, params.train, Path("data"), Path("checkpoints"))
-    write_json("reports/train_history.json", result)
+    env = runtime.configure_torch(inputs.train.threads)
+    forced = rerun_of_locked_state("train")
+    result = train(inputs.model, inputs.train, Path("data"), Path("checkpoints"), resume=not forced)
+    write_json("reports/train_history.json", {**result, **env})
     state = f"diverged in epoch {result['diverged_epoch']}" if result["diverged"] else "finished"
-    print(f"train: {state}; checkpoints for epochs {result['checkpoints']} in checkpoints/")
+    print(f"train: {state}; checkpoints for epochs {result['checkpoints']} in checkpoints/ ({env['threads']} threads)")
 
 
 if __name__ == "__main__":
-    cli.run_stage("train", main)
+    runtime.run_stage("train", main)

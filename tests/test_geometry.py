@@ -37,4 +37,6 @@ def test_probe_record_matches_the_dense_hessian_and_timings_stay_out_of_it():
     assert plain["stability_ratio"] == pytest.approx(LR * lam, rel=1e-6)
     assert plain["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-10)
     assert plain["lgdi"] == pytest.approx(0.5 * LR * float(g @ H @ g) / float(g @ g), rel=1e-8)
+    # the heavy-ball steady-state step η/(1−β) (β = 0.9: ten times the plain step)
+    assert plain["lgdi_effective"] == pytest.approx(0.5 * LR / (1 - 0.9) * float(g @ H @ g) / float(g @ g), rel=1e-8)
     assert abs(plain["hessian_trace"] - float(torch.trace(H))) <= 3 * plain["hessian_trace_stderr"]

@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,7 +49,8 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     assert sorted(p.name for p in (project / "plots").iterdir()) == [
         "curvature.png", "line_loss.png", "loss_accuracy.png", "sharpness.png", "spectrum.png", "stability.png"]
     spectra = json.loads((project / "reports/spectrum.json").read_text())
-    assert [sp["epoch"] for sp in spectra] == [2]  # density_epochs: last
+    assert spectra["epochs"] == [2] and spectra["missing"] == [] and spectra["note"] is None  # density: last
+    spectra = spectra["spectra"]
     assert spectra[0]["nodes"][0][-1] == pytest.approx(metrics[-1]["lambda_max"], rel=0.02)
 
     # notebook API: the probe set the stage used, and the model of a checkpoint
@@ -68,15 +70,25 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     from mlflow.tracking import MlflowClient
 
     run_info = json.loads((project / "reports/mlflow_run.json").read_text())
-    assert run_info["tracking_uri"] == f"sqlite:///{project / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=run_info["tracking_uri"])
+    assert run_info["store"] == "sqlite:///mlflow.db"  # relative to the repository root: true in any clone
+    assert str(project) not in (project / "reports/mlflow_run.json").read_text()
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     run = client.get_run(run_info["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == "0.05" and run.data.params["model.hidden"] == "[32]"
-    history = client.get_metric_history(run.info.run_id, "lambda_max")
+    history = client.get_metric_history(run.info.run_id, "curvature/lambda_max")
     assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["lambda_max"]) for r in metrics]
-    assert run.data.metrics["summary.final_test_accuracy"] == pytest.approx(metrics[-1]["test_accuracy"])
-    assert "summary.line.barrier_height" in run.data.metrics
+    assert run.data.metrics["summary/final_test_accuracy"] == pytest.approx(metrics[-1]["test_accuracy"])
+    assert "summary/line/barrier_height" in run.data.metrics
+    # charts grouped by prefix in the UI; the experiment opens on its runs (MLflow 3), named runs, real span
+    assert {m.split("/")[0] for m in run.data.metrics} <= {
+        "loss", "accuracy", "gradient", "curvature", "sharpness", "stability", "summary", "train", "time", "probe"}
+    assert {"time/train_s", "time/probe_s", "time/download_s"} <= run.data.metrics.keys()
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.info.run_name.startswith("mnist offline 400/200 · source=offline train_samples=400")
+    timings = [json.loads((project / f"reports/timings/{s}.json").read_text()) for s in ("download", "plot")]
+    assert run.info.start_time == int(1000 * timings[0]["started_at"])  # the pipeline's start, not track's
+    assert run.info.end_time >= int(1000 * timings[1]["finished_at"])
     for name in ("mnist_geometry_metrics.json", "line_loss.json"):
         local = client.download_artifacts(run.info.run_id, f"outputs/{name}", str(tmp_path))
         assert open(local, "rb").read() == (project / name).read_bytes()
@@ -100,11 +112,11 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
 
     # a code edit that changes no output (a comment in the HVP module) reruns probe, whose outputs stay
     # byte-identical, and track, which logs a new parent run tagged with the code that made it
-    from landscape.tracking import code_digest
+    from landscape.provenance import code_digest
 
     n_runs = len(client.search_runs([run.info.experiment_id]))
     metrics_bytes = (project / "mnist_geometry_metrics.json").read_bytes()
-    with open(project / "landscape/hvp.py", "a") as fh:
+    with open(project / "landscape/curvature/hvp.py", "a") as fh:
         fh.write("# an edit that changes no number\n")
     assert reproduce(project, monkeypatch) == ["probe", "track"]
     assert (project / "mnist_geometry_metrics.json").read_bytes() == metrics_bytes
@@ -148,3 +160,56 @@ def test_dvc_exp_run_and_show(project):
                               filter_string="tags.`dvc.exp_name` = 'lr-0.1'")
     assert len(runs) == 1 and runs[0].data.params["train.lr"] == "0.1"
     assert runs[0].info.status == "FINISHED"
+
+
+def _normalize(rel: str) -> str | None:
+    """Map what a stage touched to the path dvc.yaml would name: bytecode to its source, atomic-write temp
+    files to their target; None for the MLflow store (not a DVC output, by design)."""
+    p = Path(rel)
+    if p.parent.name == "__pycache__" and p.suffix == ".pyc":
+        return (p.parent.parent / (p.name.split(".")[0] + ".py")).as_posix()
+    if p.name.startswith(".") and p.name.endswith(".tmp"):
+        return (p.parent / p.name[1:].rsplit(".", 2)[0]).as_posix()
+    if p.parts[0] in ("mlartifacts",) or p.name in ("mlflow.db", "mlflow.db-journal", ".mlflow.lock"):
+        return None
+    return p.as_posix()
+
+
+def _outs(stage: dict) -> list[str]:
+    out = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in stage.get(kind, []):
+            out.append(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return out
+
+
+def test_stage_file_accesses_match_dvc_yaml(project, monkeypatch, tmp_path):
+    """Every file a stage opens is a declared dep (or params.yaml, or its own output), every file it writes
+    is a declared output, and every declared dep is read: derived by running each stage under an audit hook."""
+    import yaml
+
+    from tests.test_layout import covered
+
+    reproduce(project, monkeypatch)  # outputs in place (a no-op after the tests above)
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    # a fresh store, so that track logs a new run (reading every file it logs) instead of reusing one
+    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'audit.db'}")
+    audit = Path(__file__).with_name("audit_stage.py")
+    problems = []
+    for name, stage in stages.items():
+        out_file = tmp_path / f"{name}.json"
+        proc = subprocess.run([sys.executable, str(audit), name, str(out_file)], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        seen = json.loads(out_file.read_text())
+        deps, outs = stage.get("deps", []), _outs(stage)
+        reads = {q for q in map(_normalize, seen["read"]) if q}
+        writes = {q for q in map(_normalize, seen["write"]) if q}
+        listed = {q for q in map(_normalize, seen["list"]) if q}
+        allowed_reads = ["params.yaml", *deps, *outs] + (["dvc.lock"] if name == "train" else [])
+        problems += [f"{name} reads undeclared {f}" for f in sorted(reads) if not covered(f, allowed_reads)]
+        problems += [f"{name} writes undeclared {f}" for f in sorted(writes) if not covered(f, outs)]
+        touched = reads | listed
+        problems += [f"{name} declares {d} but never reads it" for d in deps
+                     if not any(t == d or t.startswith(d.rstrip("/") + "/") for t in touched)]
+    assert not problems, "\n".join(problems)

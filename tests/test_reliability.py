@@ -33,19 +33,46 @@ def ran_stages(proc: subprocess.CompletedProcess) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run of the tiny pipeline."""
+    """An uninterrupted run of the tiny pipeline, with one OpenMP thread offered."""
     project = make_project(tmp_path_factory.mktemp("reference"))
-    proc = dvc(project, "repro")
+    proc = dvc(project, "repro", env=stage_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return project
 
 
-def test_two_runs_from_scratch_are_byte_identical(reference, tmp_path):
-    other = make_project(tmp_path)
-    proc = dvc(other, "repro")
+def test_two_runs_from_scratch_are_byte_identical_whatever_the_thread_environment(reference, tmp_path):
+    """Same params on 1 and 2 offered threads: identical bytes (train.threads, not the machine, decides)."""
+    other = make_project(tmp_path / "other")
+    proc = dvc(other, "repro", env=stage_env(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in COMPARED:
+    for name in [*COMPARED, "data/dataset.json", "reports/probe_summary.json", "reports/spectrum.json",
+                 "reports/line_summary.json", "plots/curvature.png"]:
         assert (other / name).read_bytes() == (reference / name).read_bytes(), name
+    for project in (reference, other):
+        assert json.loads((project / "reports/train_history.json").read_text())["threads"] == 1
+    # the run key and the code digest do not depend on where the clone lives (issue: absolute paths)
+    keys = [json.loads((p / "reports/mlflow_run.json").read_text())["run_key"] for p in (reference, other)]
+    assert keys[0] == keys[1]
+    from landscape.provenance import code_digest
+
+    assert code_digest(reference) == code_digest(other)
+
+
+def test_a_clone_sharing_the_store_reuses_the_run(reference, tmp_path):
+    """A second clone at another path, logging to the first clone's store, finds its run instead of adding one."""
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{reference / 'mlflow.db'}"
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("landscape").experiment_id
+    before = {r.info.run_id for r in client.search_runs([exp])}
+    clone = make_project(tmp_path / "somewhere" / "else")
+    proc = dvc(clone, "repro", env=stage_env(MLFLOW_TRACKING_URI=store))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = json.loads((reference / "reports/mlflow_run.json").read_text())
+    second = json.loads((clone / "reports/mlflow_run.json").read_text())
+    assert second["reused"] is True and second["run_id"] == first["run_id"] and second["run_key"] == first["run_key"]
+    assert {r.info.run_id for r in client.search_runs([exp])} == before
 
 
 SLOW_TRAIN = {"model": {"hidden": [512, 512]}, "data": {"train_samples": 4000}, "train": {"epochs": 6},
@@ -91,10 +118,13 @@ def test_divergence_is_a_result_not_a_crash(tmp_path):
         assert "diverged or interrupted" in summary["skipped"] and line == []
     else:  # the end point falls back to the last finite checkpoint, said so
         assert summary["end_epoch"] == d - 1 and "last finite checkpoint" in summary["note"] and line
+    # density "last": taken at the last probed checkpoint that exists, and the spectra record says why
+    spectra = json.loads((project / "reports/spectrum.json").read_text())
+    assert spectra["epochs"] == [d - 1] and "has no checkpoint" in spectra["note"]
     from mlflow.tracking import MlflowClient
 
     run_info = json.loads((project / "reports/mlflow_run.json").read_text())
-    run = MlflowClient(run_info["tracking_uri"]).get_run(run_info["run_id"])
+    run = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_info["run_id"])
     assert run.data.tags["landscape.diverged"] == f"epoch {d}"
 
 
@@ -107,6 +137,9 @@ HOSTILE += [
     ("typo in group", {**DEFAULT, "trian": {"lr": 0.1}}, "did you mean 'train'"),
     ("never trained epoch", with_change("interpolate.end_epoch", 12), "interpolate.end_epoch"),
     ("density epoch not probed", with_change("probe.density_epochs", [42]), "probe.density_epochs"),
+    ("duplicate key", "train:\n  lr: 0.1\n  lr: 0.2\n", "appears twice"),
+    ("not UTF-8", b"train:\n  lr: \xff\n", "is not UTF-8 text"),
+    ("infinite radius", "probe:\n  sharpness_radius: .inf\n", "finite number"),
 ]
 
 
@@ -138,8 +171,9 @@ def test_hostile_inputs_fail_early_with_one_line_and_touch_nothing(reference, ba
     assert len(cases) >= 25
     try:
         for name, content, words in cases:
-            text = content if isinstance(content, str) else yaml.safe_dump(content)
-            (reference / "params.yaml").write_text(text)
+            data = content if isinstance(content, bytes) else (
+                content if isinstance(content, str) else yaml.safe_dump(content)).encode()
+            (reference / "params.yaml").write_bytes(data)
             stage = "download" if "IDX" in name else "train"
             proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=reference, env=stage_env(),
                                   capture_output=True, text=True, timeout=120)
@@ -151,6 +185,22 @@ def test_hostile_inputs_fail_early_with_one_line_and_touch_nothing(reference, ba
         (reference / "params.yaml").write_text(original)
     for p, content in outputs.items():
         assert p.read_bytes() == content, f"{p} was modified"
+
+
+def test_a_stage_outside_the_environment_says_how_to_enter_it(reference):
+    """A bare `dvc exp run` without the venv: one line naming the fix, not ModuleNotFoundError."""
+    import shutil
+
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    base = base if base.exists() else Path(shutil.which("python3") or "")
+    probe = subprocess.run([str(base), "-c", "import torch"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip(f"{base} can import torch: no interpreter outside the environment to try")
+    proc = subprocess.run([str(base), "-m", "stages.train"], cwd=reference, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert "cannot import torch" in err[0] and "source .venv/bin/activate" in err[0]
 
 
 def _free_port() -> int:
@@ -199,10 +249,10 @@ def test_tracking_server_down_then_up(tmp_path):
 
         client = MlflowClient(tracking_uri=uri)
         run_info = json.loads((project / "reports/mlflow_run.json").read_text())
-        assert run_info["tracking_uri"] == uri
+        assert run_info["store"] == uri
         run = client.get_run(run_info["run_id"])
         assert run.info.status == "FINISHED"
-        assert len(client.get_metric_history(run.info.run_id, "lambda_max")) == 3
+        assert len(client.get_metric_history(run.info.run_id, "curvature/lambda_max")) == 3
         local = client.download_artifacts(run.info.run_id, "outputs/line_loss.json", str(tmp_path))
         assert Path(local).read_bytes() == (project / "line_loss.json").read_bytes()
     finally:
@@ -264,3 +314,75 @@ def test_params_edit_is_not_resumed_from_stale_checkpoints(reference, tmp_path):
     fresh = make_project(tmp_path / "fresh", {"train": {"lr": 0.02}})
     assert dvc(fresh, "repro", "train").returncode == 0
     assert (work / "checkpoints/epoch_002.pt").read_bytes() == (fresh / "checkpoints/epoch_002.pt").read_bytes()
+
+
+def test_checkpoint_every_edit_reruns_what_it_changes_and_equals_a_fresh_run(tmp_path):
+    """The reviewed defect: 4 epochs, then train.checkpoint_every 1 -> 2. Every output must then be that of
+    a fresh run with the new params, and `dvc status` must agree."""
+    work = make_project(tmp_path / "work", {"train": {"epochs": 4}})
+    assert dvc(work, "repro").returncode == 0
+    set_params(work, {"train": {"checkpoint_every": 2}})
+    proc = dvc(work, "repro")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ran_stages(proc) == ["train", "probe", "interpolate", "plot", "track"]
+    assert "that a fresh run with these params would not write" in proc.stdout + proc.stderr
+    metrics = json.loads((work / "mnist_geometry_metrics.json").read_text())
+    assert [r["epoch"] for r in metrics] == [0, 2, 4]
+    status = dvc(work, "status")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+    fresh = make_project(tmp_path / "fresh", {"train": {"epochs": 4, "checkpoint_every": 2}})
+    assert dvc(fresh, "repro").returncode == 0
+    for name in ["mnist_geometry_metrics.json", "line_loss.json", "reports/probe_summary.json",
+                 *[f"checkpoints/epoch_00{e}.pt" for e in (0, 2, 4)]]:
+        assert (work / name).read_bytes() == (fresh / name).read_bytes(), name
+    assert sorted(p.name for p in (work / "checkpoints").glob("*.pt")) == [f"epoch_00{e}.pt" for e in (0, 2, 4)]
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads((work / "reports/mlflow_run.json").read_text())["run_id"]
+    hist = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").get_metric_history(run_id, "curvature/lambda_max")
+    assert sorted(m.step for m in hist) == [0, 2, 4]
+
+
+def test_forced_train_retrains_and_stray_temp_files_stay_out_of_dvc(reference):
+    before = {p.name: p.read_bytes() for p in (reference / "checkpoints").glob("*.pt")}
+    stray = reference / "checkpoints" / ".epoch_002.pt.k1ll3d.tmp"
+    stray.write_bytes(b"half a checkpoint")
+    status = dvc(reference, "status")
+    assert "up to date" in status.stdout, status.stdout  # .dvcignore keeps temp files out of the hash
+    proc = dvc(reference, "repro", "-f", "train")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training from scratch" in proc.stdout + proc.stderr
+    history = json.loads((reference / "reports/train_history.json").read_text())
+    assert history["resumed_from"] is None and all(h["wall_time_s"] is not None for h in history["history"])
+    assert not stray.exists()
+    assert {p.name: p.read_bytes() for p in (reference / "checkpoints").glob("*.pt")} == before
+
+
+def test_a_run_is_reused_only_when_its_files_match(reference, tmp_path):
+    """Same params, code and data but other result files (e.g. recomputed after a fix): a new run, with why."""
+    from mlflow.tracking import MlflowClient
+
+    metrics_path = reference / "mnist_geometry_metrics.json"
+    original = metrics_path.read_bytes()
+    track = [sys.executable, "-m", "stages.track"]
+    first = subprocess.run(track, cwd=reference, env=stage_env(), capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    reused = json.loads((reference / "reports/mlflow_run.json").read_text())
+    assert reused["reused"] is True
+    try:
+        records = json.loads(original)
+        metrics_path.write_text(json.dumps(records[:-1], indent=2) + "\n")  # a file that no longer matches
+        proc = subprocess.run(track, cwd=reference, env=stage_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        new = json.loads((reference / "reports/mlflow_run.json").read_text())
+        assert new["reused"] is False and new["run_id"] != reused["run_id"] and new["run_key"] == reused["run_key"]
+        assert "other outputs" in proc.stderr
+        client = MlflowClient(f"sqlite:///{reference / 'mlflow.db'}")
+        assert "other outputs" in client.get_run(new["run_id"]).data.tags["landscape.new_run_reason"]
+        hist = client.get_metric_history(new["run_id"], "curvature/lambda_max")
+        assert sorted(m.step for m in hist) == [r["epoch"] for r in records[:-1]]
+    finally:
+        metrics_path.write_bytes(original)
+    again = subprocess.run(track, cwd=reference, env=stage_env(), capture_output=True, text=True, timeout=120)
+    assert json.loads((reference / "reports/mlflow_run.json").read_text())["run_id"] == reused["run_id"]
+    assert again.returncode == 0

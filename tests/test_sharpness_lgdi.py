@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from landscape.hvp import HessianOperator
+from landscape.curvature.hvp import HessianOperator
 from landscape.evaluation import loss_function
 from landscape.geometry import lgdi, stability_threshold
 from landscape.parameters import flatten

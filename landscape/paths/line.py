@@ -1,14 +1,12 @@
-"""1-D paths between parameter vectors and the barrier along them.
+"""The 1-D line between two checkpoints: θ(α) = (1 − α)·θ_a + α·θ_b.
 
-θ(α) = (1 − α)·θ_a + α·θ_b; α ∈ [0, 1] is the segment, values outside extend the line beyond the endpoints.
-
-Barrier height (Frankle et al. 2020), over the segment α ∈ [0, 1] only:
-    α* = argmax_α L(θ(α)),   B = L(θ(α*)) − ((1 − α*)·L(θ_a) + α*·L(θ_b)).
-B = 0 when the maximum is at an endpoint; B > 0 is a bump above the straight chord.
+α ∈ [0, 1] is the segment; values outside extend the line beyond the endpoints. Barrier heights along it
+are defined in :mod:`landscape.paths.barrier`.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -16,7 +14,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from landscape.errors import LandscapeError
 from landscape.evaluation import evaluate
+from landscape.paths.barrier import path_barriers
+
+log = logging.getLogger(__name__)
 
 
 def alpha_grid(points: int, alpha_min: float = 0.0, alpha_max: float = 1.0) -> list[float]:
@@ -44,33 +46,10 @@ def line_losses(
     return rows
 
 
-def barrier_height(alphas: list[float], losses: list[float]) -> dict[str, float]:
-    """Barrier of the sampled path (see module docstring); needs α = 0 and α = 1 among ``alphas``."""
-    a = np.asarray(alphas, dtype=np.float64)
-    l_ = np.asarray(losses, dtype=np.float64)
-    inside = (a >= 0.0) & (a <= 1.0)
-    if not (np.any(a == 0.0) and np.any(a == 1.0)):
-        raise ValueError("the α grid must contain 0 and 1")
-    la, lb = float(l_[a == 0.0][0]), float(l_[a == 1.0][0])
-    ai, li = a[inside], l_[inside]
-    k = int(np.argmax(li))
-    a_star = float(ai[k])
-    return {
-        "barrier_height": float(li[k] - ((1.0 - a_star) * la + a_star * lb)),
-        "alpha_star": a_star,
-        "loss_at_alpha_star": float(li[k]),
-        "loss_start": la,
-        "loss_end": lb,
-    }
-
-
 def resolve_endpoints(ckpt_dir: str, start: int, end: int) -> tuple[int, int, str | None]:
     """The checkpoints to interpolate between. When training diverged, requested epochs past the last
     finite checkpoint are replaced by it (documented in README; the note says so)."""
-    import logging
-
     from landscape.checkpoints import list_checkpoints
-    from landscape.errors import LandscapeError
 
     available = sorted(list_checkpoints(ckpt_dir))
     if not available:
@@ -88,7 +67,7 @@ def resolve_endpoints(ckpt_dir: str, start: int, end: int) -> tuple[int, int, st
             raise LandscapeError(f"interpolate.{name} = {epoch}: no checkpoint for that epoch; allowed: {available}")
     note = "; ".join(notes) or None
     if note:
-        logging.getLogger(__name__).warning(note)
+        log.warning(note)
     return resolved[0], resolved[1], note
 
 
@@ -100,7 +79,7 @@ def interpolate_checkpoints(
     alphas: list[float],
     batch_size: int = 4096,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Loss along the line between two checkpoints; returns (rows, summary with the barrier height)."""
+    """Loss along the line between two checkpoints; returns (rows, summary with the barrier heights)."""
     from landscape.checkpoints import checkpoint_path, load_checkpoint, model_from_checkpoint
     from landscape.data import load_split
     from landscape.parameters import flatten
@@ -112,7 +91,7 @@ def interpolate_checkpoints(
     theta_a, theta_b = flatten(ends[0]), flatten(ends[1])
     for epoch, theta in ((start_epoch, theta_a), (end_epoch, theta_b)):
         if not torch.isfinite(theta).all():
-            raise ValueError(f"the checkpoint of epoch {epoch} holds non-finite weights; choose a finite endpoint")
+            raise LandscapeError(f"the checkpoint of epoch {epoch} holds non-finite weights; choose a finite endpoint")
     train, test = load_split(data_root, "train"), load_split(data_root, "test")
     rows = line_losses(ends[0], theta_a, theta_b, alphas, train, test, batch_size)
     summary = {
@@ -120,6 +99,28 @@ def interpolate_checkpoints(
         "end_epoch": end_epoch,
         "points": len(rows),
         "distance": float(torch.linalg.vector_norm((theta_b - theta_a).double())),
-        **barrier_height([r["alpha"] for r in rows], [r["loss"] for r in rows]),
+        **path_barriers(rows),
     }
+    return rows, summary
+
+
+def line_between_checkpoints(
+    ckpt_dir: str,
+    data_root: str,
+    start_epoch: int,
+    end_epoch: int,
+    points: int,
+    alpha_min: float,
+    alpha_max: float,
+    batch_size: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The interpolate stage: resolve the endpoints (a diverged run falls back to its last finite checkpoint,
+    with a note), evaluate the α grid, and summarize; an empty line when only one finite checkpoint exists."""
+    start, end, note = resolve_endpoints(ckpt_dir, start_epoch, end_epoch)
+    if start == end:  # training diverged before a second finite checkpoint existed
+        return [], {"start_epoch": start, "end_epoch": end, "skipped": note}
+    rows, summary = interpolate_checkpoints(ckpt_dir, data_root, start, end,
+                                            alpha_grid(points, alpha_min, alpha_max), batch_size)
+    if note:
+        summary["note"] = note
     return rows, summary

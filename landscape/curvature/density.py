@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from landscape.eigenvalues import lanczos_tridiagonal
-from landscape.hvp import HessianOperator
+from landscape.curvature.eigenvalues import lanczos_tridiagonal
+from landscape.curvature.hvp import HessianOperator
 
 
 @dataclass(frozen=True)

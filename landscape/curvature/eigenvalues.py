@@ -1,9 +1,9 @@
-"""Eigenvalues of the probe-set Hessian H (see :mod:`landscape.hvp`) from Hessian-vector products.
+"""Eigenvalues of the probe-set Hessian H (see :mod:`landscape.curvature.hvp`) from Hessian-vector products.
 
 * :func:`lanczos` — largest (and optionally smallest) *algebraic* eigenvalues by Lanczos with full
   reorthogonalization; every returned pair carries its measured residual ‖Hv − λv‖/|λ|.
 * :func:`power_iteration` — the reference method; converges to the largest-*magnitude* eigenvalue.
-* :func:`lanczos_tridiagonal` — the Lanczos process itself (also used by :mod:`landscape.density`).
+* :func:`lanczos_tridiagonal` — the Lanczos process itself (also used by :mod:`landscape.curvature.density`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from landscape.hvp import HessianOperator
+from landscape.curvature.hvp import HessianOperator
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class EigenResult:
     method: str
     smallest: float | None = None
     smallest_residual: float | None = None
+    smallest_converged: bool | None = None
+    smallest_iterations: int | None = None
 
     @property
     def lambda_max(self) -> float:
@@ -108,9 +110,16 @@ def lanczos(
     """Top-``k`` largest algebraic eigenvalues of H by Lanczos with full reorthogonalization.
 
     Iteration m costs one product; the Ritz pair (θ_i, Q s_i) has residual ‖H Q s_i − θ_i Q s_i‖ = β_m |s_{m,i}|
-    (exact arithmetic), which is the stopping test: stop once β_m|s_{m,i}|/|θ_i| ≤ ``tol`` for the top ``k``
-    (and the smallest, if asked). With ``verify`` each returned pair's residual is then *measured* with one
-    more product, and ``converged`` is judged on the measured value.
+    (exact arithmetic), which is the stopping test: the top ``k`` are read off at the first step where
+    β_m|s_{m,i}|/|θ_i| ≤ ``tol`` for all of them (``iterations``). With ``smallest`` the same Krylov process
+    continues until the smallest Ritz value passes its own test (``smallest_iterations``), so asking for
+    λ_min never changes the top values or their cost. With ``verify`` each returned pair's residual is then
+    *measured* with one more product, and ``converged`` / ``smallest_converged`` are judged on the measured
+    values.
+
+    Single-vector Lanczos cannot see multiplicity: an eigenvalue of multiplicity 2 appears once among the
+    Ritz values (the Krylov space holds one vector of its eigenspace), so for k > 1 ``eigenvalues`` are the
+    top k *distinct* eigenvalues, each verified, not the top k with repeats.
 
     ``start``: ``"random"`` — q₁ ∝ z, z ~ N(0, I) drawn in the operator's dtype, seeded by ``seed``;
     ``"random+gradient"`` — q₁ ∝ z/‖z‖ + ∇L/‖∇L‖. The gradient of a trained network lies mostly in the top
@@ -128,37 +137,45 @@ def lanczos(
         start_vec += op.grad.double() / gnorm
     start_products = op.num_products
 
+    def passes(evals: torch.Tensor, evecs: torch.Tensor, beta: float, idx: list[int]) -> bool:
+        return all(beta * abs(float(evecs[-1, i])) <= tol * max(abs(float(evals[i])), 1e-30) for i in idx)
+
+    top_state: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (evals, evecs, beta) when the top passed
+
     def done(evals: torch.Tensor, evecs: torch.Tensor, beta: float) -> bool:
         m = len(evals)
         if m < min(k + 1, op.n):
             return False
-        idx = list(range(m - 1, max(m - 1 - k, -1), -1)) + ([0] if smallest else [])
-        return all(beta * abs(float(evecs[-1, i])) <= tol * max(abs(float(evals[i])), 1e-30) for i in idx)
+        if not top_state and passes(evals, evecs, beta, list(range(m - 1, max(m - 1 - k, -1), -1))):
+            top_state.append((evals, evecs, beta))
+        return bool(top_state) and (not smallest or passes(evals, evecs, beta, [0]))
 
     evals, evecs, basis, beta = lanczos_tridiagonal(op, start_vec, max_iters, done)
-    m = len(evals)
-    top = list(range(m - 1, max(m - 1 - k, -1), -1))
-    values, residuals = [], []
-    for i in top + ([0] if smallest else []):
-        lam = float(evals[i])
-        if verify:
-            v = (evecs[:, i].to(basis.dtype) @ basis).double()
-            v /= torch.linalg.vector_norm(v)
-            r = _rel_residual(op.matvec(v).double(), v, lam)
-        else:
-            r = beta * abs(float(evecs[-1, i])) / max(abs(lam), 1e-30)
-        values.append(lam)
-        residuals.append(r)
-    n_top = len(top)
+    m_all = len(evals)
+    top_evals, top_evecs, top_beta = top_state[0] if top_state else (evals, evecs, beta)
+    m_top = len(top_evals)
+
+    def pair(vals: torch.Tensor, vecs: torch.Tensor, b: float, m: int, i: int) -> tuple[float, float]:
+        lam = float(vals[i])
+        if not verify:
+            return lam, b * abs(float(vecs[-1, i])) / max(abs(lam), 1e-30)
+        v = (vecs[:, i].to(basis.dtype) @ basis[:m]).double()
+        v /= torch.linalg.vector_norm(v)
+        return lam, _rel_residual(op.matvec(v).double(), v, lam)
+
+    top = [pair(top_evals, top_evecs, top_beta, m_top, i) for i in range(m_top - 1, max(m_top - 1 - k, -1), -1)]
+    low = pair(evals, evecs, beta, m_all, 0) if smallest else None
     return EigenResult(
-        eigenvalues=tuple(values[:n_top]),
-        residuals=tuple(residuals[:n_top]),
-        converged=tuple(r <= tol for r in residuals[:n_top]),
+        eigenvalues=tuple(lam for lam, _ in top),
+        residuals=tuple(r for _, r in top),
+        converged=tuple(r <= tol for _, r in top),
         num_products=op.num_products - start_products,
-        iterations=m,
+        iterations=m_top,
         method="lanczos (full reorthogonalization)",
-        smallest=values[n_top] if smallest else None,
-        smallest_residual=residuals[n_top] if smallest else None,
+        smallest=low[0] if low else None,
+        smallest_residual=low[1] if low else None,
+        smallest_converged=(low[1] <= tol) if low else None,
+        smallest_iterations=m_all if smallest else None,
     )
 
 

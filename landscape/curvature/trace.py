@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from landscape.hvp import HessianOperator
+from landscape.curvature.hvp import HessianOperator
 
 
 @dataclass(frozen=True)

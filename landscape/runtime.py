@@ -1,0 +1,71 @@
+"""What every stage entry point shares: environment, thread count, logging and one-line errors.
+
+Importing this module first sets ``OPENBLAS_NUM_THREADS=1`` (before numpy/scipy load: on 2 cores their
+thread pool fights torch's) and the offline switches for MLflow and DVC.
+
+Determinism: CPU kernels that reduce in parallel (matrix products, sums) split the work by the number of
+threads, so the same computation gives different low-order bits with 1 and 2 threads. Every compute stage
+therefore calls :func:`configure_torch` with ``train.threads`` before any torch work: the same params give
+the same bytes on any machine with the same torch build and CPU instruction set, whatever its core count.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from landscape.errors import LandscapeError as StageError
+
+
+def configure_torch(threads: int) -> dict[str, Any]:
+    """Fix torch's intra-op threads to ``threads`` (and inter-op to 1); return what is now in effect."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (or parallel work already ran) in this process: leave it
+        pass
+    if torch.get_num_threads() != threads:
+        raise StageError(f"train.threads = {threads}: torch runs with {torch.get_num_threads()} threads instead")
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+TIMINGS_DIR = Path("reports/timings")
+
+
+def run_stage(name: str, main: Callable[[], None], timing: bool = True) -> None:
+    """Run ``main`` with logging; turn known failures into one line on stderr and a non-zero exit.
+
+    On success, ``reports/timings/<name>.json`` records when the stage ran (``started_at``, ``finished_at``:
+    seconds since the epoch; ``wall_s``): the track stage gives the MLflow run the pipeline's real span and
+    logs each stage's wall time. Timings never enter the result files, which stay byte-identical run to run.
+    """
+    from landscape.config import ConfigError
+
+    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(levelname)s %(name)s: %(message)s")
+    started, t0 = time.time(), time.perf_counter()
+    try:
+        main()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except StageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    if timing:
+        from landscape.io import write_json
+
+        write_json(TIMINGS_DIR / f"{name}.json", {"stage": name, "started_at": started, "finished_at": time.time(),
+                                                  "wall_s": time.perf_counter() - t0})

@@ -1,0 +1,106 @@
+"""Exactly which params each DVC stage reads.
+
+Every stage loads its inputs through :func:`load` and gets nothing else from params.yaml, so that dvc.yaml can
+declare exactly these keys: an edit to any other key never reruns the stage, and an edit to one of these
+always does. ``tests/test_layout.py`` runs each resolver on a recording proxy of the params, derives the keys
+it reads and compares them with dvc.yaml. Validation still covers the whole file: an invalid value anywhere
+stops every stage before any work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from landscape import config
+from landscape.config import DataConfig, ModelConfig, PlotConfig, ProbeConfig, TrainConfig
+
+
+def _copy(group: Any, cls: type) -> Any:
+    """A fresh validated copy of a params group built from reading each of its keys."""
+    return cls(**{key: getattr(group, key) for key in cls.model_fields})
+
+
+@dataclass(frozen=True)
+class DownloadInputs:
+    data: DataConfig
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    model: ModelConfig
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
+class ProbeInputs:
+    probe: ProbeConfig
+    epochs: list[int]  # the probed checkpoints
+    density_epochs: list[int]
+    threads: int
+
+
+@dataclass(frozen=True)
+class InterpolateInputs:
+    start_epoch: int
+    end_epoch: int
+    points: int
+    alpha_min: float
+    alpha_max: float
+    eval_batch_size: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class PlotInputs:
+    plot: PlotConfig
+
+
+@dataclass(frozen=True)
+class TrackInputs:
+    flat_params: dict[str, Any]
+    experiment: str
+    run_name: str | None
+
+
+def download(p: Any) -> DownloadInputs:
+    return DownloadInputs(_copy(p.data, DataConfig))
+
+
+def train(p: Any) -> TrainInputs:
+    return TrainInputs(_copy(p.model, ModelConfig), _copy(p.train, TrainConfig))
+
+
+def probe(p: Any) -> ProbeInputs:
+    return ProbeInputs(_copy(p.probe, ProbeConfig), config.probed_epochs(p), config.density_epochs(p),
+                       p.train.threads)
+
+
+def interpolate(p: Any) -> InterpolateInputs:
+    i = p.interpolate
+    return InterpolateInputs(i.start_epoch, config.resolved_end_epoch(p), i.points, i.alpha_min, i.alpha_max,
+                             p.probe.eval_batch_size, p.train.threads)
+
+
+def plot(p: Any) -> PlotInputs:
+    return PlotInputs(_copy(p.plot, PlotConfig))
+
+
+def track(p: Any) -> TrackInputs:
+    return TrackInputs(config.flatten(p), p.track.experiment, p.track.run_name)
+
+
+RESOLVERS: dict[str, Callable[[Any], Any]] = {
+    "download": download,
+    "train": train,
+    "probe": probe,
+    "interpolate": interpolate,
+    "plot": plot,
+    "track": track,
+}
+
+
+def load(stage: str, path: str = "params.yaml") -> Any:
+    """Validate the whole params file, then return only what ``stage`` reads."""
+    return RESOLVERS[stage](config.load_params(path))

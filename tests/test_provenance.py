@@ -1,0 +1,59 @@
+"""What identifies a pipeline state must not depend on where the checkout lives."""
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from landscape.provenance import code_digest, code_files, outputs_digest, rerun_of_locked_state
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _clone(dest: Path) -> Path:
+    for part in ("landscape", "stages", "tests"):
+        shutil.copytree(ROOT / part, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def test_code_digest_depends_on_code_not_location(tmp_path):
+    a, b = _clone(tmp_path / "a"), _clone(tmp_path / "deeper" / "b")
+    assert code_digest(a) == code_digest(b) == code_digest(ROOT)
+    assert "landscape/curvature/hvp.py" in code_files(a) and not any(f.startswith("tests/") for f in code_files(a))
+    (b / "tests" / "test_provenance.py").write_text("# a change in tests/\n")
+    assert code_digest(b) == code_digest(a)
+    path = b / "landscape" / "io.py"
+    text = path.read_text()
+    path.write_text(text.replace("atomically", "atomicaly", 1))  # one character
+    assert code_digest(b) != code_digest(a)
+    path.write_text(text)
+    (b / "landscape" / "paths" / "line.py").rename(b / "landscape" / "paths" / "line2.py")  # a renamed file
+    assert code_digest(b) != code_digest(a)
+
+
+def test_outputs_digest_sees_content_and_absence():
+    base = {"a": b"1", "b": b"2"}
+    assert outputs_digest(base) == outputs_digest(dict(reversed(base.items())))
+    assert outputs_digest(base) != outputs_digest({"a": b"1", "b": b"3"})
+    assert outputs_digest(base) != outputs_digest({"a": b"1", "b": None})
+    assert outputs_digest({"a": b"12", "b": b""}) != outputs_digest({"a": b"1", "b": b"2"})
+
+
+def test_rerun_of_locked_state(tmp_path):
+    lock = {"stages": {"train": {"params": {"params.yaml": {
+        "model": {"hidden": [32], "activation": "relu"}, "train": {"lr": 0.05, "epochs": 2},
+        "probe.samples": 128}}}}}
+    params = {"model": {"hidden": [32], "activation": "relu"}, "train": {"lr": 0.05, "epochs": 2},
+              "probe": {"samples": 128}, "plot": {"dpi": 80}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    check = lambda: rerun_of_locked_state("train", tmp_path / "dvc.lock", tmp_path / "params.yaml")  # noqa: E731
+    assert check()  # same params as the last completed run: forced (or outputs edited)
+    params["plot"]["dpi"] = 90  # a key train does not read
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert check()
+    params["train"]["epochs"] = 4  # a key it reads: a real params edit, resume allowed
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert not check()
+    assert not rerun_of_locked_state("probe", tmp_path / "dvc.lock", tmp_path / "params.yaml")
+    assert not rerun_of_locked_state("train", tmp_path / "missing.lock", tmp_path / "params.yaml")
