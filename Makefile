@@ -37,6 +37,7 @@ data:
 bench: env
 	pip install --quiet --no-deps pyhessian==0.1 2>&1 | grep -v "is ignored" || true
 	python -m benchmarks.curvature
+	python -m benchmarks.probe_speed
 
 clean:
 	rm -rf data checkpoints plots reports dvc_plots

@@ -28,7 +28,7 @@ from landscape.curvature.density import spectral_density
 from landscape.curvature.eigenvalues import lanczos
 from landscape.curvature.hvp import HessianOperator
 from landscape.curvature.trace import hutchinson_trace, hutchpp_trace
-from landscape.evaluation import evaluate, loss_function
+from landscape.evaluation import evaluate, loss_function, losses_function
 from landscape.parameters import flatten
 from landscape.sharpness import directional_sharpness, trace_prediction
 
@@ -116,6 +116,7 @@ def probe(
         cfg.sharpness_radius,
         cfg.sharpness_directions,
         seed=cfg.seed,
+        losses=losses_function(model, xp, yp, cfg.eval_batch_size),
     )
     lap("directional sharpness")
     n = theta.numel()

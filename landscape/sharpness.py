@@ -49,13 +49,21 @@ def directional_sharpness(
     radius: float,
     directions: int,
     seed: int = 0,
+    losses: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SharpnessResult:
-    """Paired random-direction sharpness of ``loss`` (θ ↦ float64 loss) at ``theta``."""
+    """Paired random-direction sharpness of ``loss`` (θ ↦ float64 loss) at ``theta``. With ``losses``
+    (Θ (m, n) ↦ m float64 losses) the 2K + 1 losses are evaluated in one pass over the data."""
     if directions < 1 or radius <= 0:
         raise ValueError("need directions >= 1 and radius > 0")
-    base = loss(theta)
     d = random_directions(theta.numel(), directions, radius, seed, theta.dtype)
-    per = tuple((loss(theta + d[k]) + loss(theta - d[k]) - 2.0 * base) / 2.0 for k in range(directions))
+    if losses is not None:
+        values = losses(torch.cat([theta[None], theta + d, theta - d])).tolist()
+        base, plus, minus = values[0], values[1 : directions + 1], values[directions + 1 :]
+    else:
+        base = loss(theta)
+        plus = [loss(theta + d[k]) for k in range(directions)]
+        minus = [loss(theta - d[k]) for k in range(directions)]
+    per = tuple((plus[k] + minus[k] - 2.0 * base) / 2.0 for k in range(directions))
     t = torch.tensor(per, dtype=torch.float64)
     stderr = float(t.std(unbiased=True) / math.sqrt(directions)) if directions > 1 else math.nan
     return SharpnessResult(float(t.mean()), stderr, radius, directions, seed, per)

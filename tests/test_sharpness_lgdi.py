@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from landscape.curvature.hvp import HessianOperator
-from landscape.evaluation import loss_function
+from landscape.evaluation import loss_function, losses_function
 from landscape.geometry import lgdi, stability_threshold
 from landscape.parameters import flatten
 from landscape.sharpness import directional_sharpness, random_directions, trace_prediction
@@ -92,3 +92,12 @@ def test_stability_threshold_matches_simulated_divergence_boundary(momentum, nes
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if _diverges(mid, momentum, nesterov) else (mid, hi)
     assert (lo + hi) / 2 == pytest.approx(formula, rel=0.01)
+
+
+def test_batched_losses_give_the_same_sharpness_as_one_at_a_time():
+    model, x, y = tiny_network("relu", n_samples=64, seed=2)
+    theta = flatten(model)
+    one = directional_sharpness(loss_function(model, x, y, 16), theta, 0.3, 5, seed=1)
+    many = directional_sharpness(loss_function(model, x, y, 16), theta, 0.3, 5, seed=1,
+                                 losses=losses_function(model, x, y, 16))
+    assert many.per_direction == pytest.approx(one.per_direction, rel=1e-9, abs=1e-15)
