@@ -1,13 +1,19 @@
 """The ``landscape`` console command, for what is not a DVC stage.
 
-    landscape ui [--port 5000] [--host 127.0.0.1]   MLflow UI on the pipeline's store; prints the runs page
+    landscape sweep GRID.yaml [--jobs N] [--dry-run]     run a grid of params edits as DVC experiments
+    landscape analyze --experiment NAME [--out DIR]      geometry against generalization across its runs
+    landscape ui [--port 5000] [--host 127.0.0.1]        MLflow UI on the pipeline's store (the runs page)
+
+Errors end in one line on stderr and a non-zero exit (2 for bad input).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from pathlib import Path
 
 from landscape import runtime  # noqa: F401 - sets the offline environment first
 
@@ -17,7 +23,7 @@ def _ui(args: argparse.Namespace) -> int:
     from landscape.tracking import repo_root, runs_page_url, tracking_uri, ui_experiment_id
 
     try:
-        experiment = load_params().track.experiment
+        experiment = args.experiment or load_params().track.experiment
     except ConfigError:
         experiment = "landscape"
     uri = tracking_uri(repo_root())
@@ -33,15 +39,80 @@ def _ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from landscape.study.grid import load_grid
+    from landscape.tracking import repo_root
+
+    root = repo_root()
+    grid = load_grid(args.grid, root / "params.yaml")
+    print(f"sweep {grid.name}: {len(grid.points)} points over {', '.join(grid.axes)} -> MLflow experiment "
+          f"'{grid.experiment}'")
+    if args.dry_run:
+        for p in grid.points:
+            print(f"  {p.name}: {p.label()}")
+        return 0
+    if args.engine == "ray":
+        from landscape.study.ray_engine import run_ray
+
+        result = run_ray(grid, root, args.address, args.remote, args.dvc_remote)
+    else:
+        from landscape.study.sweep import run_local
+
+        result = run_local(grid, root, jobs=args.jobs)
+    from landscape.study.sweep import report
+
+    print(report(result))
+    return 1 if result.failed else 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from landscape.study.analysis import analyze
+
+    out = Path(args.out or f"reports/study/{args.experiment}")
+    record = analyze(args.experiment, out, resamples=args.resamples, seed=args.seed, log_run=not args.no_log)
+    print(f"analysis of {len(record['runs'])} runs ({len(record['skipped'])} skipped) -> {out}/report.md"
+          + (f"; MLflow run {record['analysis_run_id']}" if "analysis_run_id" in record else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="landscape", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    sw = sub.add_parser("sweep", help="run a grid of params edits as DVC experiments, one MLflow run each")
+    sw.add_argument("grid", help="the grid YAML (see sweeps/)")
+    sw.add_argument("--jobs", "-j", type=int, default=1, help="local workers (dvc queue start -j N)")
+    sw.add_argument("--dry-run", action="store_true", help="print the points and stop")
+    sw.add_argument("--engine", choices=("local", "ray"), default="local")
+    sw.add_argument("--address", help="ray: the cluster head, HOST:PORT")
+    sw.add_argument("--remote", default="origin", help="ray: the git remote every worker clones from")
+    sw.add_argument("--dvc-remote", help="ray: the DVC remote experiments are pushed to")
+    sw.set_defaults(func=_sweep)
+    an = sub.add_parser("analyze", help="Kendall τ and Ψ of geometry against the generalization gap")
+    an.add_argument("--experiment", required=True, help="the MLflow experiment (a sweep's 'experiment')")
+    an.add_argument("--out", help="output directory (default reports/study/<experiment>)")
+    an.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of runs")
+    an.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    an.add_argument("--no-log", action="store_true", help="do not log the analysis as an MLflow run")
+    an.set_defaults(func=_analyze)
     ui = sub.add_parser("ui", help="MLflow UI on the pipeline's store; prints the experiment's runs page")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--experiment", help="experiment whose runs page to print (default track.experiment)")
     ui.set_defaults(func=_ui)
     args = parser.parse_args(argv)
-    return args.func(args)
+    logging.basicConfig(level=logging.INFO, format="[landscape] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # retries of an unreachable store: the error says it
+    from landscape.config import ConfigError
+    from landscape.errors import LandscapeError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except LandscapeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

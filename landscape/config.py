@@ -57,8 +57,11 @@ class DataConfig(_Group):
 
 
 class ModelConfig(_Group):
+    arch: Literal["mlp", "cnn"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [256, 256])
     activation: Literal["relu", "tanh", "gelu", "sigmoid", "softplus", "elu"] = "relu"
+    channels: list[int] = Field(default_factory=lambda: [6, 16])
+    batch_norm: bool = False
 
     @field_validator("hidden")
     @classmethod
@@ -70,23 +73,48 @@ class ModelConfig(_Group):
             raise ValueError(f"widths must be integers in 1..65536, got {bad}")
         return v
 
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: list[int]) -> list[int]:
+        if len(v) != 2 or any(c <= 0 or c > 1024 for c in v):
+            raise ValueError("must be two filter counts in 1..1024 (the CNN's two conv blocks), e.g. [6, 16]")
+        return v
+
 
 class TrainConfig(_Group):
     epochs: int = Field(default=10, ge=1, le=100000)
-    batch_size: int = Field(default=128, ge=1)
+    batch_size: int | Literal["full"] = 128
+    optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = False
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1)
+    adam_eps: float = Field(default=1e-8, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     checkpoint_every: int = Field(default=1, ge=1)
     threads: int = Field(default=1, ge=1, le=256)
 
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be a positive integer or 'full' (full-batch gradient descent)")
+        return v
+
     @model_validator(mode="after")
     def _nesterov(self) -> TrainConfig:
+        if self.nesterov and self.optimizer == "adam":
+            raise ValueError("train.nesterov = true with train.optimizer = adam: allowed only with sgd "
+                             "(train.momentum is Adam's beta1)")
         if self.nesterov and self.momentum == 0:
             raise ValueError("train.nesterov = true needs train.momentum > 0 (Nesterov without momentum is plain SGD)")
         return self
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size == "full"
 
     def saved_epochs(self) -> list[int]:
         """Epochs with a checkpoint: 0 (the initialization), every ``checkpoint_every``-th, and the last."""
@@ -103,6 +131,8 @@ class ProbeConfig(_Group):
     lanczos_start: Literal["random+gradient", "random"] = "random+gradient"
     sharpness_directions: int = Field(default=8, ge=1)
     sharpness_radius: float = Field(default=0.5, gt=0)
+    ascent_steps: int = Field(default=3, ge=1, le=1000)
+    adaptive_radius: float = Field(default=10.0, gt=0)
     trace_samples: int = Field(default=8, ge=0)
     trace_method: Literal["hutchinson", "hutch++"] = "hutchinson"
     top_k: int = Field(default=1, ge=1, le=100)

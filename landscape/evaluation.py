@@ -43,6 +43,13 @@ def per_example_loss(outputs: torch.Tensor, targets: torch.Tensor, kind: str = "
     raise ValueError(f"loss = {kind!r}; allowed: {', '.join(LOSSES)}")
 
 
+def batch_loss(outputs: torch.Tensor, targets: torch.Tensor, kind: str = "cross_entropy") -> torch.Tensor:
+    """The mean loss of a mini-batch, as training minimizes it."""
+    if kind == "cross_entropy":
+        return F.cross_entropy(outputs, targets)
+    return per_example_loss(outputs, targets, kind).mean()
+
+
 def sum_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs, targets, reduction="sum")
 
@@ -182,3 +189,26 @@ def losses_function(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
         return evaluate_many(model, thetas, x, y, batch_size, loss)[0]
 
     return values
+
+
+def loss_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096,
+                      loss: str = "cross_entropy") -> Callable[[torch.Tensor], tuple[float, torch.Tensor]]:
+    """θ ↦ (L_S(θ) in float64, ∇L_S(θ) flat), model in eval mode (its own parameters are not modified)."""
+
+    def value_and_grad(theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        was_training = model.training
+        model.eval()
+        t = theta.detach().clone().requires_grad_(True)
+        params = unflatten(t, model)
+        total = torch.zeros((), dtype=torch.float64)
+        try:
+            for i in range(0, len(x), batch_size):
+                out = functional_call(model, params, (x[i : i + batch_size],))
+                per = per_example_loss(out, y[i : i + batch_size], loss)
+                (per.sum() / len(x)).backward()
+                total += per.detach().double().sum()
+        finally:
+            model.train(was_training)
+        return float(total) / len(x), t.grad.detach()
+
+    return value_and_grad

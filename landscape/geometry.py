@@ -28,20 +28,24 @@ from landscape.curvature.density import spectral_density
 from landscape.curvature.eigenvalues import lanczos
 from landscape.curvature.hvp import HessianOperator
 from landscape.curvature.trace import hutchinson_trace, hutchpp_trace
-from landscape.evaluation import evaluate, loss_function, losses_function
+from landscape.evaluation import evaluate, loss_and_gradient, loss_function, losses_function, sum_loss
 from landscape.parameters import flatten
-from landscape.sharpness import directional_sharpness, trace_prediction
+from landscape.sharpness import directional_sharpness, trace_prediction, worst_case_sharpness
 
 
 SEED_KEYS = ("epoch", "train_loss", "test_loss", "test_accuracy", "grad_norm", "lambda_max",
              "directional_sharpness", "lgdi", "stability_ratio")
 
 
-def stability_threshold(momentum: float, nesterov: bool) -> float:
+def stability_threshold(momentum: float, nesterov: bool, optimizer: str = "sgd") -> float | None:
     """η·λ above which SGD (as ``torch.optim.SGD``) diverges on f(x) = λx²/2 with full-batch gradients.
 
-    Plain GD: 2. Heavy ball: 2(1+β). Nesterov: 2(1+β)/(1+2β).
+    Plain GD: 2. Heavy ball: 2(1+β). Nesterov: 2(1+β)/(1+2β). Adam: None — its step is preconditioned
+    by the running second moments, so η·λ_max of the *raw* Hessian has no fixed divergence threshold (the
+    known threshold, 2(1+β₁)/(1−β₁) = 38 at β₁ = 0.9, is for the preconditioned Hessian; Cohen et al. 2022).
     """
+    if optimizer == "adam":
+        return None
     b = momentum
     if nesterov:
         return 2.0 * (1.0 + b) / (1.0 + 2.0 * b)
@@ -85,12 +89,13 @@ def probe(
 
     model.eval()
     lr, beta, nesterov = optimizer["lr"], optimizer["momentum"], optimizer["nesterov"]
-    train_loss, train_acc = evaluate(model, *train, batch_size=cfg.eval_batch_size)
-    test_loss, test_acc = evaluate(model, *test, batch_size=cfg.eval_batch_size)
+    kind, opt_name = optimizer.get("loss", "cross_entropy"), optimizer.get("name", "sgd")
+    train_loss, train_acc = evaluate(model, *train, batch_size=cfg.eval_batch_size, loss=kind)
+    test_loss, test_acc = evaluate(model, *test, batch_size=cfg.eval_batch_size, loss=kind)
     lap("full-split evaluation")
 
     xp, yp = probe_data
-    op = HessianOperator(model, xp, yp, chunk_size=cfg.chunk_size, keep_graph=True)
+    op = HessianOperator(model, xp, yp, loss_fn=sum_loss(kind), chunk_size=cfg.chunk_size, keep_graph=True)
     lap("loss, gradient and HVP cache")
     eig = lanczos(op, k=cfg.top_k, max_iters=cfg.lanczos_iters, tol=cfg.tol, seed=cfg.seed, smallest=cfg.smallest,
                   start=cfg.lanczos_start)
@@ -111,14 +116,24 @@ def probe(
 
     theta = flatten(model)
     sharp = directional_sharpness(
-        loss_function(model, xp, yp, cfg.eval_batch_size),
+        loss_function(model, xp, yp, cfg.eval_batch_size, loss=kind),
         theta,
         cfg.sharpness_radius,
         cfg.sharpness_directions,
         seed=cfg.seed,
-        losses=losses_function(model, xp, yp, cfg.eval_batch_size),
+        losses=losses_function(model, xp, yp, cfg.eval_batch_size, loss=kind),
     )
     lap("directional sharpness")
+    grad_fn = loss_and_gradient(model, xp, yp, cfg.eval_batch_size, loss=kind)
+    worst = worst_case_sharpness(grad_fn, theta, cfg.sharpness_radius, cfg.ascent_steps, floor=sharp.max_rise,
+                                 seed=cfg.seed)
+    magnitude = theta.abs()
+    adaptive = directional_sharpness(None, theta, cfg.adaptive_radius, cfg.sharpness_directions, seed=cfg.seed,
+                                     losses=losses_function(model, xp, yp, cfg.eval_batch_size, loss=kind),
+                                     scale=magnitude)
+    adaptive_worst = worst_case_sharpness(grad_fn, theta, cfg.adaptive_radius, cfg.ascent_steps, scale=magnitude,
+                                          floor=adaptive.max_rise, seed=cfg.seed)
+    lap("worst-case and adaptive sharpness")
     n = theta.numel()
     record = {
         "train_loss": train_loss,
@@ -130,7 +145,7 @@ def probe(
         "lgdi": lgdi(lr, op.grad, hg),
         "stability_ratio": lr * lam,
         # beyond the original study's keys
-        "lgdi_effective": lgdi(effective_lr(lr, beta), op.grad, hg),
+        "lgdi_effective": lgdi(effective_lr(lr, beta), op.grad, hg) if opt_name == "sgd" else None,
         "train_accuracy": train_acc,
         "generalization_gap": test_loss - train_loss,
         "probe_loss": op.loss,
@@ -149,7 +164,9 @@ def probe(
         "lanczos_start": cfg.lanczos_start,
         "hvp_count": products,
         "hvp_route": op.route,
-        "stability_threshold": stability_threshold(beta, nesterov),
+        "stability_threshold": stability_threshold(beta, nesterov, opt_name),
+        "optimizer": opt_name,
+        "loss": kind,
         "lr": lr,
         "momentum": beta,
         "nesterov": nesterov,
@@ -161,6 +178,13 @@ def probe(
         "trace_samples": trace.samples if trace else 0,
         "hessian_trace_method": trace.method if trace else None,
         "sharpness_trace_prediction": trace_prediction(trace.trace, sharp.radius, n) if trace else None,
+        "worst_case_sharpness": worst.value,
+        "worst_case_best_step": worst.best_step,
+        "ascent_steps": cfg.ascent_steps,
+        "adaptive_sharpness": adaptive.value,
+        "adaptive_sharpness_stderr": adaptive.stderr,
+        "adaptive_worst_case_sharpness": adaptive_worst.value,
+        "adaptive_radius": cfg.adaptive_radius,
     }
     return record, spectrum
 

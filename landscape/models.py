@@ -1,4 +1,15 @@
-"""The model family: an MLP given by its hidden widths and activation (room for a CNN later)."""
+"""The model family, each a params edit: an MLP and a LeNet-style CNN, with or without batch norm.
+
+* ``mlp``: ``input_dim → hidden[0] → … → hidden[-1] → num_classes``, activation between linear layers;
+  with ``batch_norm`` each hidden linear layer is followed by ``BatchNorm1d`` before the activation.
+* ``cnn`` (for 28×28 inputs): two blocks conv 5×5 (padding 2, then none) → [BatchNorm2d] → activation →
+  2×2 max-pool, with ``channels`` = (c₁, c₂) filters (LeNet-5: 6, 16), giving c₂·5·5 features; then the MLP
+  part ``hidden`` → ``num_classes`` as above.
+
+Initialization is PyTorch's default for each layer (Kaiming-uniform, a = √5, for linear and conv).
+Batch norm is probed in eval mode (its running statistics are constants), so the loss is one fixed function
+of the parameters and its Hessian is well defined; see docs/theory.md.
+"""
 
 from __future__ import annotations
 
@@ -15,43 +26,116 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "softplus": nn.Softplus,
     "elu": nn.ELU,
 }
+ARCHS = ("mlp", "cnn")
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation = {name!r}; allowed: {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
+
+
+def _dense(width: int, hidden: list[int], activation: str, num_classes: int, batch_norm: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers.append(nn.Linear(width, h))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(h))
+        layers.append(_activation(activation))
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return layers
 
 
 class MLP(nn.Module):
-    """``input_dim → hidden[0] → … → hidden[-1] → num_classes``, activation between linear layers.
+    """Fully connected network; ``spec`` rebuilds it (as stored in checkpoints)."""
 
-    Initialization is PyTorch's default for ``nn.Linear`` (Kaiming-uniform, a = √5).
-    """
-
-    def __init__(self, input_dim: int, hidden: list[int], activation: str, num_classes: int) -> None:
+    def __init__(self, input_dim: int, hidden: list[int], activation: str, num_classes: int,
+                 batch_norm: bool = False) -> None:
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation = {activation!r}; allowed: {', '.join(_ACTIVATIONS)}")
-        layers: list[nn.Module] = []
-        width = input_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
-            width = h
-        layers.append(nn.Linear(width, num_classes))
-        self.net = nn.Sequential(*layers)
-        self.spec = {
-            "arch": "mlp",
-            "input_dim": input_dim,
-            "hidden": list(hidden),
-            "activation": activation,
-            "num_classes": num_classes,
-        }
+        self.net = nn.Sequential(*_dense(input_dim, hidden, activation, num_classes, batch_norm))
+        self.spec = {"arch": "mlp", "input_dim": input_dim, "hidden": list(hidden), "activation": activation,
+                     "num_classes": num_classes, "batch_norm": batch_norm}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))
 
 
+class CNN(nn.Module):
+    """LeNet-style network for 1×28×28 inputs (flattened 784-vectors are reshaped)."""
+
+    def __init__(self, channels: list[int], hidden: list[int], activation: str, num_classes: int,
+                 batch_norm: bool = False) -> None:
+        super().__init__()
+        c1, c2 = channels
+        blocks: list[nn.Module] = []
+        for cin, cout, pad in ((1, c1, 2), (c1, c2, 0)):
+            blocks.append(nn.Conv2d(cin, cout, 5, padding=pad))
+            if batch_norm:
+                blocks.append(nn.BatchNorm2d(cout))
+            blocks += [_activation(activation), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*blocks)
+        self.net = nn.Sequential(*_dense(c2 * 5 * 5, hidden, activation, num_classes, batch_norm))
+        self.spec = {"arch": "cnn", "channels": list(channels), "hidden": list(hidden), "activation": activation,
+                     "num_classes": num_classes, "batch_norm": batch_norm}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.features(x.reshape(len(x), 1, 28, 28)).flatten(1))
+
+
 def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Build a model from its spec dict (as stored in checkpoints)."""
-    if spec.get("arch") != "mlp":
-        raise ValueError(f"model arch = {spec.get('arch')!r}; allowed: 'mlp'")
-    return MLP(spec["input_dim"], spec["hidden"], spec["activation"], spec["num_classes"])
+    """Build a model from its spec dict (as stored in checkpoints; checkpoints before ``batch_norm`` existed
+    hold plain MLPs)."""
+    arch = spec.get("arch")
+    if arch == "mlp":
+        return MLP(spec["input_dim"], spec["hidden"], spec["activation"], spec["num_classes"],
+                   spec.get("batch_norm", False))
+    if arch == "cnn":
+        return CNN(spec["channels"], spec["hidden"], spec["activation"], spec["num_classes"], spec["batch_norm"])
+    raise ValueError(f"model arch = {arch!r}; allowed: {', '.join(ARCHS)}")
+
+
+def make_model(cfg: Any, input_dim: int, num_classes: int) -> nn.Module:
+    """The model a ``model`` params group describes (arch, hidden, activation, channels, batch_norm)."""
+    if cfg.arch == "cnn":
+        return CNN(cfg.channels, cfg.hidden, cfg.activation, num_classes, cfg.batch_norm)
+    return MLP(input_dim, cfg.hidden, cfg.activation, num_classes, cfg.batch_norm)
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> None:
+    """Set every batch-norm layer's running statistics to the exact mean and unbiased variance of its input
+    over all of ``x``, with the model in eval mode, layer by layer in order (a later layer's input depends on
+    the earlier layers' new statistics); leaves the model in eval mode. Needed at any point of a path or
+    plane: the statistics stored with an endpoint do not belong to the interpolated weights (Garipov et al.
+    2018; Frankle et al. 2020). Costs one pass over ``x`` per batch-norm layer."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
+    for bn in bns:
+        sums: list[torch.Tensor] = []
+
+        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], sums: list = sums) -> None:
+            z = inputs[0].double()
+            dims = [d for d in range(z.dim()) if d != 1]  # all but the channel dimension
+            count = z.numel() // z.shape[1]
+            sums.append(torch.stack([z.sum(dims), (z * z).sum(dims), torch.full_like(z.sum(dims), count)]))
+
+        handle = bn.register_forward_pre_hook(hook)
+        try:
+            for i in range(0, len(x), batch_size):
+                model(x[i : i + batch_size])
+        finally:
+            handle.remove()
+        s1, s2, n = torch.stack(sums).sum(0)
+        mean = s1 / n
+        var = (s2 - n * mean * mean) / (n - 1).clamp(min=1)
+        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+        bn.running_var.copy_(var.clamp(min=0).to(bn.running_var.dtype))

@@ -59,7 +59,7 @@ def make_figures(
     paths = [out_dir / f"{name}.png" for name in FIGURES]
     finite = [r for r in metrics if not r.get("diverged")]
     eta = finite[0]["lr"] if finite else float("nan")
-    threshold = finite[0]["stability_threshold"] if finite else float("nan")
+    threshold = finite[0]["stability_threshold"] if finite else None  # None for Adam: no fixed threshold
     div = history.get("diverged_epoch")
 
     def mark_divergence(ax: plt.Axes) -> None:
@@ -82,7 +82,8 @@ def make_figures(
 
     fig, ax = plt.subplots(figsize=size)
     ax.plot(ep, _col(metrics, "lambda_max"), "o-", label=r"$\lambda_{max}$ of $\nabla^2 L_P$")
-    ax.axhline(threshold / eta, color="tab:red", ls="--", label=f"stability threshold {threshold:.3g}/η")
+    if threshold is not None:
+        ax.axhline(threshold / eta, color="tab:red", ls="--", label=f"stability threshold {threshold:.3g}/η")
     ax.set_xlabel("epoch")
     ax.set_ylabel(r"$\lambda_{max}$")
     mark_divergence(ax)
@@ -92,7 +93,8 @@ def make_figures(
 
     fig, ax = plt.subplots(figsize=size)
     ax.plot(ep, _col(metrics, "stability_ratio"), "o-", label=r"stability ratio $\eta\lambda_{max}$")
-    ax.axhline(threshold, color="tab:red", ls="--", label=f"divergence threshold of the ratio: {threshold:.3g}")
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", ls="--", label=f"divergence threshold of the ratio: {threshold:.3g}")
     ax.plot(ep, _col(metrics, "lgdi"), "s-", label=r"lgdi, plain step $\eta$: $(\eta/2)\,g^THg/\|g\|^2$")
     if any(r.get("lgdi_effective") is not None for r in metrics):
         beta = finite[0].get("momentum", 0.0) if finite else 0.0
@@ -105,10 +107,12 @@ def make_figures(
     ax.legend(fontsize=8)
     _save(fig, paths[2], cfg)
 
-    fig, ax = plt.subplots(figsize=size)
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(size[0] * 1.8, size[1]))
+    f0 = finite[0] if finite else {}
+    rho, k = f0.get("sharpness_radius"), f0.get("sharpness_directions")
     handles = [ax.errorbar(ep, _col(metrics, "directional_sharpness"),
                            yerr=_col(metrics, "directional_sharpness_stderr"), fmt="o-", capsize=3,
-                           label="directional sharpness (paired)")]
+                           label=f"average (paired), ρ = {rho}, K = {k}")]
     if any(r.get("sharpness_trace_prediction") is not None for r in metrics):
         handles += ax.plot(ep, _col(metrics, "sharpness_trace_prediction"), "x:",
                            label=r"$\rho^2\,\mathrm{tr}(H)/(2n)$")
@@ -119,8 +123,21 @@ def make_figures(
     ax2.plot(ep, _col(metrics, "grad_norm"), "s--", color="tab:purple", label=r"$\|\nabla L_P\|$")
     ax2.set_ylabel("gradient norm")
     handles += ax2.get_lines()
-    ax.legend(handles, [h.get_label() for h in handles], loc="upper right")
-    _title(ax, "Sharpness and gradient norm", data)
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
+    _title(ax, "Average sharpness and gradient norm", data)
+    if any(r.get("worst_case_sharpness") is not None for r in metrics):
+        steps, rho_a = f0.get("ascent_steps"), f0.get("adaptive_radius")
+        right.plot(ep, _col(metrics, "worst_case_sharpness"), "o-", label=f"worst case, ‖d‖ ≤ ρ = {rho}, {steps} steps")
+        right.errorbar(ep, _col(metrics, "adaptive_sharpness"), yerr=_col(metrics, "adaptive_sharpness_stderr"),
+                       fmt="s-", capsize=3, label=f"adaptive average, d = |θ|⊙u, ‖u‖ = {rho_a}")
+        right.plot(ep, _col(metrics, "adaptive_worst_case_sharpness"), "d-",
+                   label=f"adaptive worst case, ‖u‖ ≤ {rho_a}, {steps} steps")
+        right.set_yscale("symlog", linthresh=1e-6)
+        right.legend(fontsize=8)
+    mark_divergence(right)
+    right.set_xlabel("epoch")
+    right.set_ylabel("loss increase (nats)")
+    _title(right, "Worst-case and adaptive sharpness", data)
     _save(fig, paths[3], cfg)
 
     fig, ax = plt.subplots(figsize=size)

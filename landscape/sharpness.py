@@ -1,14 +1,18 @@
-"""Random-direction sharpness.
+"""Sharpness: average (random-direction), worst-case, and adaptive (ASAM), all on the probe-set loss L = L_P.
 
-directional_sharpness = (1/2K) Σ_k [L(θ + d_k) + L(θ − d_k) − 2L(θ)],   d_k = ρ u_k/‖u_k‖,  u_k ~ N(0, I_n).
-
-Taking each direction in a ± pair cancels the first-order term ⟨∇L, d_k⟩ exactly, so only curvature is
-left: for a smooth loss each pair equals d_kᵀHd_k + O(ρ⁴), and since E[uuᵀ/‖u‖²] = I/n,
-
-    E[directional_sharpness] = ρ² tr(H) / (2n) + O(ρ⁴)          (see docs/theory.md)
-
-For ReLU networks that relation does not hold (units switch on/off inside the ball), which is why the
-probe reports both the measured value and this second-order prediction.
+* directional_sharpness = (1/2K) Σ_k [L(θ + d_k) + L(θ − d_k) − 2L(θ)],  d_k = ρ u_k/‖u_k‖,  u_k ~ N(0, I_n).
+  Taking each direction in a ± pair cancels the first-order term ⟨∇L, d_k⟩ exactly, so only curvature is
+  left: for a smooth loss each pair equals d_kᵀHd_k + O(ρ⁴), and since E[uuᵀ/‖u‖²] = I/n,
+  E[directional_sharpness] = ρ² tr(H) / (2n) + O(ρ⁴) (docs/theory.md). For ReLU networks that relation does
+  not hold (units switch on/off inside the ball), which is why the probe reports both.
+* worst_case_sharpness = max_{‖d‖₂ ≤ ρ} L(θ + d) − L(θ), estimated from below by projected gradient ascent:
+  d₁ = ρ ∇L(θ)/‖∇L(θ)‖ (SAM's first step), then d ← Π_ρ(d + ρ ∇L(θ+d)/‖∇L(θ+d)‖), keeping the best iterate;
+  the ±d_k of the average are candidates too, so worst ≥ every sampled rise ≥ the average, by construction.
+  On a quadratic at its minimum it converges to ρ² λ_max / 2.
+* adaptive (Kwon et al. 2021, ASAM; Andriushchenko et al. 2023): the same two with perturbations scaled
+  elementwise by |θ|, d = |θ| ⊙ u, ‖u‖₂ ≤ ρ_a. Rescaling a ReLU layer's weights by c and the next layer's by
+  1/c leaves the function — and, because |θ| scales alike, every adaptive perturbation — unchanged, so the
+  adaptive values are invariant to it while the plain ones are not.
 """
 
 from __future__ import annotations
@@ -30,6 +34,18 @@ class SharpnessResult:
     directions: int
     seed: int
     per_direction: tuple[float, ...]
+    max_rise: float = math.nan  # max over the 2K sampled points of L(θ ± d_k) − L(θ)
+
+
+@dataclass(frozen=True)
+class WorstCaseResult:
+    """Best loss increase found inside the ball, the ascent step that found it (0 = a random candidate)."""
+
+    value: float
+    radius: float
+    steps: int
+    best_step: int
+    gradient_evaluations: int
 
 
 def random_directions(n: int, k: int, radius: float, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -44,18 +60,22 @@ def random_directions(n: int, k: int, radius: float, seed: int, dtype: torch.dty
 
 
 def directional_sharpness(
-    loss: Callable[[torch.Tensor], float],
+    loss: Callable[[torch.Tensor], float] | None,
     theta: torch.Tensor,
     radius: float,
     directions: int,
     seed: int = 0,
     losses: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    scale: torch.Tensor | None = None,
 ) -> SharpnessResult:
     """Paired random-direction sharpness of ``loss`` (θ ↦ float64 loss) at ``theta``. With ``losses``
-    (Θ (m, n) ↦ m float64 losses) the 2K + 1 losses are evaluated in one pass over the data."""
+    (Θ (m, n) ↦ m float64 losses) the 2K + 1 losses are evaluated in one pass over the data. With ``scale``
+    (adaptive sharpness: |θ|) each direction is d_k = scale ⊙ ρ u_k/‖u_k‖."""
     if directions < 1 or radius <= 0:
         raise ValueError("need directions >= 1 and radius > 0")
     d = random_directions(theta.numel(), directions, radius, seed, theta.dtype)
+    if scale is not None:
+        d = d * scale
     if losses is not None:
         values = losses(torch.cat([theta[None], theta + d, theta - d])).tolist()
         base, plus, minus = values[0], values[1 : directions + 1], values[directions + 1 :]
@@ -66,7 +86,49 @@ def directional_sharpness(
     per = tuple((plus[k] + minus[k] - 2.0 * base) / 2.0 for k in range(directions))
     t = torch.tensor(per, dtype=torch.float64)
     stderr = float(t.std(unbiased=True) / math.sqrt(directions)) if directions > 1 else math.nan
-    return SharpnessResult(float(t.mean()), stderr, radius, directions, seed, per)
+    return SharpnessResult(float(t.mean()), stderr, radius, directions, seed, per, max(plus + minus) - base)
+
+
+def worst_case_sharpness(
+    loss_and_grad: Callable[[torch.Tensor], tuple[float, torch.Tensor]],
+    theta: torch.Tensor,
+    radius: float,
+    steps: int,
+    scale: torch.Tensor | None = None,
+    floor: float = -math.inf,
+    seed: int = 0,
+) -> WorstCaseResult:
+    """max over ‖u‖ ≤ ρ of L(θ + s ⊙ u) − L(θ) (s = ``scale``, or 1) by ``steps`` steps of normalized projected
+    gradient ascent on u from SAM's first step; ``floor`` is the best rise already sampled elsewhere (the
+    random ± directions), so the result is never below it."""
+    if steps < 1 or radius <= 0:
+        raise ValueError("need steps >= 1 and radius > 0")
+    s = torch.ones_like(theta) if scale is None else scale
+    base, g = loss_and_grad(theta)
+    evaluations = 1
+    direction = s * g  # ∂/∂u L(θ + s ⊙ u) at u = 0
+    norm = float(torch.linalg.vector_norm(direction.double()))
+    if not math.isfinite(norm) or norm == 0.0:  # at a stationary point: a seeded random start
+        direction = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(seed), dtype=theta.dtype)
+        norm = float(torch.linalg.vector_norm(direction.double()))
+    u = (radius / norm) * direction
+    best, best_step = floor, 0
+    for step in range(1, steps + 1):
+        value, g = loss_and_grad(theta + s * u)
+        evaluations += 1
+        if value - base > best:
+            best, best_step = value - base, step
+        if step == steps:
+            break
+        ascent = s * g
+        a_norm = float(torch.linalg.vector_norm(ascent.double()))
+        if not math.isfinite(a_norm) or a_norm == 0.0:
+            break
+        u = u + (radius / a_norm) * ascent
+        u_norm = float(torch.linalg.vector_norm(u.double()))
+        if u_norm > radius:
+            u = u * (radius / u_norm)
+    return WorstCaseResult(best, radius, steps, best_step, evaluations)
 
 
 def trace_prediction(trace: float, radius: float, n: int) -> float:

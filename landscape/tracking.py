@@ -51,10 +51,15 @@ EPOCH_METRICS = {
     "sharpness_trace_prediction": "sharpness/trace_prediction",
     "stability_ratio": "stability/ratio", "stability_threshold": "stability/threshold",
     "lgdi": "stability/lgdi", "lgdi_effective": "stability/lgdi_effective",
+    "num_params": "model/num_params",
+    "worst_case_sharpness": "sharpness/worst_case", "adaptive_sharpness": "sharpness/adaptive",
+    "adaptive_worst_case_sharpness": "sharpness/adaptive_worst_case",
+    "adaptive_sharpness_stderr": "sharpness/adaptive_stderr", "worst_case_best_step": "sharpness/worst_case_best_step",
 }
 # record keys that are settings or flags, not measurements: logged as params or not at all
-NOT_METRICS = {"epoch", "diverged", "lr", "momentum", "nesterov", "num_params", "probe_samples", "sharpness_radius",
-               "sharpness_directions", "trace_samples", "lambda_max_converged", "lambda_min_converged"}
+NOT_METRICS = {"epoch", "diverged", "lr", "momentum", "nesterov", "probe_samples", "sharpness_radius",
+               "sharpness_directions", "trace_samples", "lambda_max_converged", "lambda_min_converged",
+               "ascent_steps", "adaptive_radius"}
 
 
 def metric_name(key: str) -> str:
@@ -152,8 +157,12 @@ def store_lock(root: Path, uri: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+TRACK_HINT = ("upstream outputs are intact: fix the store (or unset MLFLOW_TRACKING_URI) and rerun `dvc repro` — "
+              "only track will run")
+
+
 @contextlib.contextmanager
-def failures_name_the_store(uri: str):
+def failures_name_the_store(uri: str, hint: str = TRACK_HINT):
     """Any failure of the tracking store becomes one line that names it (the traceback goes to debug)."""
     try:
         yield
@@ -162,10 +171,7 @@ def failures_name_the_store(uri: str):
     except Exception as exc:
         log.debug("MLflow failure", exc_info=True)
         detail = " ".join(str(exc).split())[:300]
-        raise LandscapeError(
-            f"MLflow tracking at {uri} failed ({type(exc).__name__}: {detail}); upstream outputs are intact: "
-            "fix the store (or unset MLFLOW_TRACKING_URI) and rerun `dvc repro` — only track will run"
-        ) from None
+        raise LandscapeError(f"MLflow tracking at {uri} failed ({type(exc).__name__}: {detail}); {hint}") from None
 
 
 def readable_run_name(flat_params: dict[str, Any], defaults: dict[str, Any], dataset: dict[str, Any]) -> str:

@@ -1,9 +1,12 @@
-"""Mini-batch SGD (+ momentum / Nesterov, as ``torch.optim.SGD``) with checkpoints and resume.
+"""Training with checkpoints and resume: mini-batch or full-batch, SGD (+ momentum / Nesterov, as
+``torch.optim.SGD``) or Adam, on the cross-entropy or the squared error.
 
 Per epoch the training set is shuffled by a seeded generator and visited once in batches of
-``train.batch_size`` (the last batch may be smaller). The recorded ``train_loss`` of an epoch is the
-running mean of the mini-batch losses seen during that epoch (weighted by batch size), i.e. a loss
-measured while the weights move; the probe stage measures the exact full-split loss at each checkpoint.
+``train.batch_size`` (the last batch may be smaller); with ``batch_size: full`` an epoch is one
+gradient-descent step on the whole training set (no shuffling), so ``train.epochs`` counts steps.
+The recorded ``train_loss`` of an epoch is the running mean of the mini-batch losses seen during that epoch
+(weighted by batch size), i.e. a loss measured while the weights move; the probe stage measures the exact
+full-split loss at each checkpoint.
 
 Divergence: a non-finite mini-batch loss or parameter stops training at that epoch; the epoch is
 recorded as ``diverged_epoch`` and no checkpoint holding non-finite weights is written.
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from landscape.checkpoints import (
@@ -33,13 +36,14 @@ from landscape.checkpoints import (
 )
 from landscape.config import ModelConfig, TrainConfig
 from landscape.data import NUM_CLASSES, load_split, read_json
+from landscape.evaluation import batch_loss
 from landscape.io import write_json
-from landscape.models import MLP
+from landscape.models import make_model
 
 log = logging.getLogger(__name__)
 
 
-_CODE = ("training.py", "models.py", "data.py", "checkpoints.py", "config.py")
+_CODE = ("training.py", "models.py", "data.py", "checkpoints.py", "config.py", "evaluation.py")
 WALL_TIMES = ".wall_times.json"  # kept beside the checkpoints, outside DVC's view (.dvcignore): timings vary
 
 
@@ -123,6 +127,53 @@ def _read_wall_times(ckpt_dir: Path, fp: str) -> dict[int, float]:
     return {int(k): float(v) for k, v in blob.get("wall_time_s", {}).items()}
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``torch.optim.SGD`` (momentum, Nesterov) or ``torch.optim.Adam`` (β₁ = ``train.momentum``)."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.momentum, cfg.adam_beta2), eps=cfg.adam_eps,
+                                weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+def optimizer_record(cfg: TrainConfig) -> dict[str, Any]:
+    """What downstream stages need to know of the training (stored in every checkpoint)."""
+    return {"name": cfg.optimizer, "lr": cfg.lr, "momentum": cfg.momentum, "nesterov": cfg.nesterov,
+            "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size, "adam_beta2": cfg.adam_beta2,
+            "adam_eps": cfg.adam_eps, "loss": cfg.loss}
+
+
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                batches: torch.Generator, desc: str = "") -> tuple[float, bool]:
+    """One pass over (x, y): mini-batches in an order drawn from ``batches`` (full batch: one step on all of
+    it, no draw). Returns (mean of the mini-batch losses weighted by size, diverged)."""
+    model.train()
+    n = len(x)
+    if cfg.full_batch:
+        order, size = None, n
+    else:
+        order, size = torch.randperm(n, generator=batches), cfg.batch_size
+    total, seen = 0.0, 0
+    steps = range(0, n, size)
+    bar = tqdm(steps, desc=desc, leave=False, mininterval=1.0, disable=len(steps) < 10)
+    for i in bar:
+        idx = order[i : i + size] if order is not None else None
+        xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+        loss = batch_loss(model(xb), yb, cfg.loss)
+        if not torch.isfinite(loss):
+            return math.nan, True
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(yb)
+        seen += len(yb)
+        bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+    bar.close()
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        return math.nan, True
+    return total / seen, False
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -144,14 +195,8 @@ def train(
     saved = set(saved_list)
 
     torch.manual_seed(train_cfg.seed)
-    model = MLP(x.shape[1], model_cfg.hidden, model_cfg.activation, NUM_CLASSES)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=train_cfg.lr,
-        momentum=train_cfg.momentum,
-        nesterov=train_cfg.nesterov,
-        weight_decay=train_cfg.weight_decay,
-    )
+    model = make_model(model_cfg, x.shape[1], NUM_CLASSES)
+    opt = make_optimizer(model, train_cfg)
     batches = torch.Generator().manual_seed(train_cfg.seed)
     history: list[dict[str, Any]] = []
     start = 0
@@ -168,7 +213,7 @@ def train(
     if ckpt is not None:
         start = ckpt["epoch"]
         model = model_from_checkpoint(ckpt)
-        opt = torch.optim.SGD(model.parameters(), lr=train_cfg.lr)
+        opt = make_optimizer(model, train_cfg)
         opt.load_state_dict(ckpt["optimizer_state"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         batches.set_state(ckpt["rng"]["batches"])
@@ -188,13 +233,7 @@ def train(
                 "epoch": epoch,
                 "model": model.spec,
                 "model_state": model.state_dict(),
-                "optimizer": {
-                    "lr": train_cfg.lr,
-                    "momentum": train_cfg.momentum,
-                    "nesterov": train_cfg.nesterov,
-                    "weight_decay": train_cfg.weight_decay,
-                    "batch_size": train_cfg.batch_size,
-                },
+                "optimizer": optimizer_record(train_cfg),
                 "optimizer_state": opt.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "batches": batches.get_state()},
                 "fingerprint": fp,
@@ -206,47 +245,28 @@ def train(
     if start == 0:
         save(0)
     diverged_epoch = next((h["epoch"] for h in history if h["diverged"]), None)
-    n = len(x)
-    for epoch in range(start + 1, train_cfg.epochs + 1):
+    log_every = max(1, train_cfg.epochs // 20)  # long full-batch runs: about 20 lines, not one per step
+    epochs = range(start + 1, train_cfg.epochs + 1)
+    outer = tqdm(epochs, desc="train", leave=False, mininterval=1.0, disable=len(epochs) < 50)
+    for epoch in outer:
         if diverged_epoch is not None:
             break
-        model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=batches)
-        total, seen, diverged = 0.0, 0, False
-        bar = tqdm(range(0, n, train_cfg.batch_size), desc=f"epoch {epoch}/{train_cfg.epochs}", leave=False,
-                   mininterval=1.0)
-        for i in bar:
-            idx = perm[i : i + train_cfg.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            if not torch.isfinite(loss):
-                diverged = True
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
-        bar.close()
-        if not diverged:
-            diverged = not all(torch.isfinite(p).all() for p in model.parameters())
-        entry = {
-            "epoch": epoch,
-            "train_loss": (total / seen) if seen and not diverged else math.nan,
-            "wall_time_s": time.perf_counter() - t0,
-            "diverged": diverged,
-        }
+        loss, diverged = train_epoch(model, opt, x, y, train_cfg, batches, desc=f"epoch {epoch}/{train_cfg.epochs}")
+        entry = {"epoch": epoch, "train_loss": loss, "wall_time_s": time.perf_counter() - t0, "diverged": diverged}
         history.append(entry)
-        record_wall_times()
         if diverged:
+            record_wall_times()
             diverged_epoch = epoch
             log.warning("training diverged in epoch %d (non-finite loss or weights); stopping", epoch)
             break
-        log.info("epoch %d/%d: running train loss %.4f (%.1f s)", epoch, train_cfg.epochs, entry["train_loss"],
-                 entry["wall_time_s"])
+        if epoch % log_every == 0 or epoch == train_cfg.epochs:
+            log.info("epoch %d/%d: running train loss %.4f (%.2f s)", epoch, train_cfg.epochs, loss,
+                     entry["wall_time_s"])
         if epoch in saved:
+            record_wall_times()
             save(epoch)
+    outer.close()
     return {
         "epochs": train_cfg.epochs,
         "resumed_from": start if ckpt is not None else None,

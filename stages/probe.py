@@ -9,6 +9,7 @@ def main() -> None:
 
     from landscape.geometry import check_probe_size, probe_checkpoints, summarize
     from landscape.io import write_json
+    from landscape.study.stability import stability_summary
 
     runtime.configure_torch(inputs.threads)
     check_probe_size("data", inputs.probe.samples)
@@ -18,6 +19,7 @@ def main() -> None:
     write_json("reports/spectrum.json", spectra)
     write_json("mnist_geometry_metrics.json", records)
     write_json("reports/probe_summary.json", summarize(records))
+    write_json("reports/stability.json", stability_summary(records))
     print(f"probe: {sum(not r['diverged'] for r in records)} checkpoints probed -> mnist_geometry_metrics.json")
 
 

@@ -12,6 +12,7 @@ FILES = {
     "dataset": "data/dataset.json",
     "probe_indices": "reports/probe_indices.json",
     "spectrum": "reports/spectrum.json",
+    "stability": "reports/stability.json",
     "params": "params.yaml",
 }
 TIMED_STAGES = ("download", "train", "probe", "interpolate", "plot")

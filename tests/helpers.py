@@ -60,12 +60,16 @@ def tiny_network(activation: str = "tanh", n_samples: int = 40, seed: int = 0):
     return model, x, y
 
 
-def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """∇²L(θ) of the mean cross-entropy, dense, by torch.func.hessian."""
+def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy") -> torch.Tensor:
+    """∇²L(θ) of the mean loss (model in eval mode: batch norm uses its running statistics), dense, by
+    torch.func.hessian."""
+    from landscape.evaluation import per_example_loss
+
+    model.eval()
     theta = flatten(model)
 
-    def loss(t: torch.Tensor) -> torch.Tensor:
+    def mean_loss(t: torch.Tensor) -> torch.Tensor:
         out = functional_call(model, unflatten(t, model), (x,))
-        return torch.nn.functional.cross_entropy(out, y)
+        return per_example_loss(out, y, loss).mean()
 
-    return hessian(loss)(theta)
+    return hessian(mean_loss)(theta)

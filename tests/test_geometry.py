@@ -12,7 +12,7 @@ from landscape.geometry import probe
 from tests.helpers import dense_hessian, tiny_network
 
 PARTS = {"full-split evaluation", "loss, gradient and HVP cache", "lanczos", "lgdi", "trace", "density",
-         "directional sharpness"}
+         "directional sharpness", "worst-case and adaptive sharpness"}
 LR = 0.1
 
 

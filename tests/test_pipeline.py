@@ -41,9 +41,10 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     line = json.loads((project / "line_loss.json").read_text())
     assert [p["alpha"] for p in line] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert all({"alpha", "loss", "test_loss", "test_accuracy"} <= p.keys() for p in line)
-    # the endpoints of the line are the checkpoints' full-split train losses
-    assert line[0]["loss"] == pytest.approx(metrics[0]["train_loss"], rel=1e-9)
-    assert line[-1]["loss"] == pytest.approx(metrics[-1]["train_loss"], rel=1e-9)
+    # the endpoints of the line are the checkpoints' full-split train losses (float32 forward passes, the
+    # line's several parameter sets per pass: equal to rounding)
+    assert line[0]["loss"] == pytest.approx(metrics[0]["train_loss"], rel=1e-6)
+    assert line[-1]["loss"] == pytest.approx(metrics[-1]["train_loss"], rel=1e-6)
     indices = json.loads((project / "reports/probe_indices.json").read_text())
     assert len(indices["indices"]) == 128 and indices["seed"] == 0
     assert sorted(p.name for p in (project / "plots").iterdir()) == [
@@ -82,7 +83,8 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     assert "summary/line/barrier_height" in run.data.metrics
     # charts grouped by prefix in the UI; the experiment opens on its runs (MLflow 3), named runs, real span
     assert {m.split("/")[0] for m in run.data.metrics} <= {
-        "loss", "accuracy", "gradient", "curvature", "sharpness", "stability", "summary", "train", "time", "probe"}
+        "loss", "accuracy", "gradient", "curvature", "sharpness", "stability", "summary", "train", "time", "probe",
+        "model"}
     assert {"time/train_s", "time/probe_s", "time/download_s"} <= run.data.metrics.keys()
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.info.run_name.startswith("mnist offline 400/200 · source=offline train_samples=400")

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from landscape.curvature.hvp import HessianOperator
-from landscape.evaluation import loss_function, losses_function
+from landscape.evaluation import loss_and_gradient, loss_function, losses_function
 from landscape.geometry import lgdi, stability_threshold
 from landscape.parameters import flatten
-from landscape.sharpness import directional_sharpness, random_directions, trace_prediction
+from landscape.sharpness import directional_sharpness, random_directions, trace_prediction, worst_case_sharpness
 from tests.helpers import dense_hessian, make_quadratic, quad_loss_value, tiny_network
 
 SPECTRUM = [6.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.8, 0.5, 0.2, 0.1, -0.5, -1.0]
@@ -101,3 +101,66 @@ def test_batched_losses_give_the_same_sharpness_as_one_at_a_time():
     many = directional_sharpness(loss_function(model, x, y, 16), theta, 0.3, 5, seed=1,
                                  losses=losses_function(model, x, y, 16))
     assert many.per_direction == pytest.approx(one.per_direction, rel=1e-9, abs=1e-15)
+
+
+# ------------------------------------------------------------------------------ worst-case and adaptive
+
+
+def _quadratic_loss_and_grad(model, c, s):
+    def f(theta):
+        t = theta.detach().clone().requires_grad_(True)
+        r = t - c
+        value = (0.5 * s * ((r @ model.A) * r).sum(1)).mean()
+        value.backward()
+        return float(value), t.grad
+    return f
+
+
+def test_worst_case_on_a_quadratic_at_its_minimum_is_half_rho_squared_lambda_max():
+    model, c, s, _, H = make_quadratic(SPECTRUM)
+    minimum = (s[:, None] * c).sum(0) / s.sum()  # ∇L = A·mean(s_i(θ − c_i)) = 0 here
+    res = worst_case_sharpness(_quadratic_loss_and_grad(model, c, s), minimum, 0.3, steps=200)
+    lam = float(torch.linalg.eigvalsh(H)[-1])
+    assert res.value == pytest.approx(0.5 * 0.3**2 * lam, rel=1e-4)
+
+
+def test_one_ascent_step_is_sams_step_and_worst_case_bounds_the_average():
+    model, x, y = tiny_network("tanh", n_samples=60, seed=1)
+    theta = flatten(model)
+    lg = loss_and_gradient(model, x, y, 16)
+    base, g = lg(theta)
+    one = worst_case_sharpness(lg, theta, 0.2, steps=1)
+    sam = lg(theta + 0.2 * g / g.norm())[0] - base
+    assert one.value == pytest.approx(sam, rel=1e-12) and one.best_step == 1
+    avg = directional_sharpness(loss_function(model, x, y), theta, 0.2, 8, seed=0)
+    many = worst_case_sharpness(lg, theta, 0.2, steps=10, floor=avg.max_rise)
+    assert many.value >= one.value and many.value >= avg.max_rise >= avg.value
+    assert many.value > 5 * avg.value  # the gradient direction: far sharper than random directions
+
+
+def _rescaled_relu_net(c: float):
+    torch.manual_seed(0)
+    from landscape.models import MLP
+
+    model = MLP(6, [12], "relu", 3).double()
+    with torch.no_grad():
+        model.net[0].weight.mul_(c)
+        model.net[0].bias.mul_(c)
+        model.net[2].weight.div_(c)
+    return model
+
+
+def test_adaptive_sharpness_is_invariant_to_relu_rescaling_and_plain_sharpness_is_not():
+    x = torch.randn(40, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(6))
+    a, b = _rescaled_relu_net(1.0), _rescaled_relu_net(4.0)
+    ta, tb = flatten(a), flatten(b)
+    torch.testing.assert_close(a(x), b(x))  # the same function
+    adaptive = [directional_sharpness(loss_function(m, x, y), t, 0.5, 6, seed=1, scale=t.abs()).value
+                for m, t in ((a, ta), (b, tb))]
+    plain = [directional_sharpness(loss_function(m, x, y), t, 0.5, 6, seed=1).value for m, t in ((a, ta), (b, tb))]
+    assert adaptive[0] == pytest.approx(adaptive[1], rel=1e-9)
+    assert abs(plain[0] - plain[1]) > 0.1 * abs(plain[0])
+    worst = [worst_case_sharpness(loss_and_gradient(m, x, y), t, 0.5, steps=4, scale=t.abs()).value
+             for m, t in ((a, ta), (b, tb))]
+    assert worst[0] == pytest.approx(worst[1], rel=1e-8)

@@ -6,20 +6,23 @@ probe set P (N examples), with the model in eval mode. Units: nats per unit para
 chunk contributes ∇²(Σ_{i∈chunk} ℓ_i)·v and the sum is divided by N, so the product is exact for the whole
 set however it is chunked.
 
-For the package's MLP the product is the R-operator written out layer by layer (:class:`MLPChunk`). For
-layers z_l = a_{l-1} W_lᵀ + b_l, a_l = σ(z_l) (l < L), logits z_L and the summed cross-entropy
-ℓ = Σ_i −log softmax(z_L)_{i,y_i}, the first-order pass caches a_l, σ'(z_l), σ''(z_l)·e_l and the
-back-propagated errors δ_l = ∂ℓ/∂z_l (δ_L = p − onehot(y), e_{l−1} = δ_l W_l, δ_{l−1} = e_{l−1} ⊙ σ'(z_{l−1})).
+For the package's plain MLP (no batch norm) the product is the R-operator written out layer by layer
+(:class:`MLPChunk`). For layers z_l = a_{l-1} W_lᵀ + b_l, a_l = σ(z_l) (l < L), logits z_L and the summed
+cross-entropy ℓ = Σ_i −log softmax(z_L)_{i,y_i} (or the squared error ℓ = ½ Σ_i ‖z_{L,i} − onehot(y_i)‖²),
+the first-order pass caches a_l, σ'(z_l), σ''(z_l)·e_l and the back-propagated errors δ_l = ∂ℓ/∂z_l
+(δ_L = p − onehot(y), or z_L − onehot(y) for the squared error; e_{l−1} = δ_l W_l, δ_{l−1} = e_{l−1} ⊙ σ'(z_{l−1})).
 A product with V = (V_l, c_l) is then the directional derivative R{·} = d/dt|₀ (·)(θ + tV) of the gradient:
 
     forward   R z_l = R a_{l−1} W_lᵀ + a_{l−1} V_lᵀ + c_l,      R a_l = σ'(z_l) ⊙ R z_l        (R a_0 = 0)
-    output    R δ_L = p ⊙ R z_L − p (pᵀ R z_L)                   (softmax Jacobian, row-wise)
+    output    R δ_L = p ⊙ R z_L − p (pᵀ R z_L)                   (softmax Jacobian, row-wise; = R z_L for MSE)
     backward  R δ_{l−1} = (R δ_l W_l + δ_l V_l) ⊙ σ'(z_{l−1}) + σ''(z_{l−1}) ⊙ e_{l−1} ⊙ R z_{l−1}
     result    (H V)_{W_l} = R δ_lᵀ a_{l−1} + δ_lᵀ R a_{l−1},      (H V)_{b_l} = Σ_i R δ_{l,i}
 
 This is the same product the autograd double backward computes (``tests/test_curvature.py`` checks both
 against the dense Hessian for every activation), with the same matrix products, but with no autograd
 graph: no zero-filled gradient buffers, no accumulation nodes, and ReLU's σ'' = 0 term skipped entirely.
+Every other model (the CNN, batch norm in eval mode, other losses) uses the exact autograd route; ``route``
+names the one in use.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import math
 import torch
 from torch import nn
 
-from landscape.evaluation import SumLoss, sum_cross_entropy
+from landscape.evaluation import SumLoss, sum_cross_entropy, sum_mse
 from landscape.models import MLP
 
 log = logging.getLogger(__name__)
@@ -66,8 +69,9 @@ def _derivatives(name: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def supports(model: nn.Module) -> bool:
-    """True for the package's :class:`MLP` with default-configured activations (the analytic route applies)."""
-    if not isinstance(model, MLP):
+    """True for the package's :class:`MLP` without batch norm and with default-configured activations (the
+    analytic route applies)."""
+    if not isinstance(model, MLP) or model.spec.get("batch_norm"):
         return False
     acts = [m for m in model.net if not isinstance(m, nn.Linear)]
     ok = {nn.ReLU: None, nn.Tanh: None, nn.Sigmoid: None}
@@ -88,7 +92,7 @@ class MLPChunk:
     """The cached first-order quantities of one chunk (x, y); :meth:`hvp` returns ∇²ℓ_chunk · V (summed loss)."""
 
     @torch.no_grad()
-    def __init__(self, model: MLP, x: torch.Tensor, y: torch.Tensor) -> None:
+    def __init__(self, model: MLP, x: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy") -> None:
         self.lins = [m for m in model.net if isinstance(m, nn.Linear)]
         act = model.spec["activation"]
         L = len(self.lins)
@@ -101,12 +105,18 @@ class MLPChunk:
             self.d1.append(d1)
             self.d2e.append(d2)
         logits = torch.addmm(self.lins[-1].bias, a, self.lins[-1].weight.t())
-        logp = torch.log_softmax(logits, 1)
         rows = torch.arange(len(y))
-        self.loss_sum = float(-logp[rows, y].double().sum())
-        self.p = logp.exp()
-        delta = self.p.clone()
-        delta[rows, y] -= 1
+        if loss == "mse":
+            delta = logits.clone()
+            delta[rows, y] -= 1
+            self.loss_sum = float(0.5 * delta.double().pow(2).sum())
+            self.p = None  # ∂²ℓ/∂z² = I: R δ_L = R z_L
+        else:
+            logp = torch.log_softmax(logits, 1)
+            self.loss_sum = float(-logp[rows, y].double().sum())
+            self.p = logp.exp()
+            delta = self.p.clone()
+            delta[rows, y] -= 1
         self.delta = [delta]
         for k in range(L - 1, 0, -1):
             e = delta @ self.lins[k].weight
@@ -155,8 +165,11 @@ class MLPChunk:
                 rz_hidden.append(rz if keep else None)
                 ra = rz * self.d1[k] if keep else rz.mul_(self.d1[k])
                 ra_hidden.append(ra)
-        rd = self.p * rz
-        rd -= self.p * rd.sum(1, keepdim=True)
+        if self.p is None:
+            rd = rz
+        else:
+            rd = self.p * rz
+            rd -= self.p * rd.sum(1, keepdim=True)
         for k in range(L - 1, -1, -1):
             w, b = out[2 * k], out[2 * k + 1]
             if k == 0 and split:
@@ -219,7 +232,8 @@ class HessianOperator:
         self.chunks = [(x[i : i + chunk_size], y[i : i + chunk_size]) for i in range(0, len(x), chunk_size)]
         self.loss_fn = loss_fn
         self.keep_graph = keep_graph
-        self.analytic = (analytic and keep_graph and loss_fn is sum_cross_entropy and supports(model)
+        self.loss_kind = {sum_cross_entropy: "cross_entropy", sum_mse: "mse"}.get(loss_fn)
+        self.analytic = (analytic and keep_graph and self.loss_kind is not None and supports(model)
                          and len(self.params) == len(list(model.parameters())))
         self.route = ("analytic R-op (MLP, cached activations)" if self.analytic
                       else "cached-graph double backward" if keep_graph else "recomputed double backward")
@@ -248,7 +262,7 @@ class HessianOperator:
         grad = torch.zeros(self.n, dtype=self.dtype)
         if self.analytic:
             for xc, yc in self.chunks:
-                c = MLPChunk(self.model, xc, yc)
+                c = MLPChunk(self.model, xc, yc, self.loss_kind)
                 loss += c.loss_sum
                 grad += torch.cat([gi.reshape(-1) for gi in c.gradient()])
                 self._chunks_rop.append(c)

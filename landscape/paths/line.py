@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from landscape.errors import LandscapeError
-from landscape.evaluation import evaluate
+from landscape.models import has_batch_norm
 from landscape.paths.barrier import path_barriers
+from landscape.paths.points import BN_NOTE, evaluate_points
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,16 @@ def line_losses(
     train: tuple[torch.Tensor, torch.Tensor],
     test: tuple[torch.Tensor, torch.Tensor],
     batch_size: int = 4096,
+    loss: str = "cross_entropy",
 ) -> list[dict[str, Any]]:
-    """One record per α: train loss (``loss``) and accuracy over the full train split, test loss/accuracy."""
-    rows = []
-    for a in tqdm(alphas, desc="interpolate", leave=False):
-        theta = (1.0 - a) * theta_a + a * theta_b
-        loss, acc = evaluate(model, *train, batch_size=batch_size, theta=theta)
-        tl, ta = evaluate(model, *test, batch_size=batch_size, theta=theta)
-        rows.append({"alpha": a, "loss": loss, "train_accuracy": acc, "test_loss": tl, "test_accuracy": ta})
-    return rows
+    """One record per α: train loss (``loss``) and accuracy over the full train split, test loss/accuracy
+    (batch-norm statistics recomputed on the train split at every α where the model has them)."""
+    a = torch.tensor(alphas, dtype=theta_a.dtype)[:, None]
+    thetas = (1.0 - a) * theta_a + a * theta_b
+    res = evaluate_points(model, thetas, {"train": train, "test": test}, batch_size, loss, bn_data=train[0])
+    return [{"alpha": alpha, "loss": float(res["train"][0][j]), "train_accuracy": float(res["train"][1][j]),
+             "test_loss": float(res["test"][0][j]), "test_accuracy": float(res["test"][1][j])}
+            for j, alpha in enumerate(alphas)]
 
 
 def resolve_endpoints(ckpt_dir: str, start: int, end: int) -> tuple[int, int, str | None]:
@@ -93,12 +94,15 @@ def interpolate_checkpoints(
         if not torch.isfinite(theta).all():
             raise LandscapeError(f"the checkpoint of epoch {epoch} holds non-finite weights; choose a finite endpoint")
     train, test = load_split(data_root, "train"), load_split(data_root, "test")
-    rows = line_losses(ends[0], theta_a, theta_b, alphas, train, test, batch_size)
+    kind = ckpt["optimizer"].get("loss", "cross_entropy")
+    rows = line_losses(ends[0], theta_a, theta_b, alphas, train, test, batch_size, kind)
     summary = {
         "start_epoch": start_epoch,
         "end_epoch": end_epoch,
         "points": len(rows),
         "distance": float(torch.linalg.vector_norm((theta_b - theta_a).double())),
+        "loss_kind": kind,
+        "batch_norm": BN_NOTE[has_batch_norm(ends[0])],
         **path_barriers(rows),
     }
     return rows, summary
