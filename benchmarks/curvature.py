@@ -33,7 +33,8 @@ from landscape.config import ProbeConfig
 from landscape.curvature.eigenvalues import lanczos, power_iteration
 from landscape.curvature.hvp import HessianOperator
 from landscape.curvature.trace import hutchinson_trace, hutchpp_trace
-from landscape.data import NORMALIZATION, offline_mnist
+from landscape.data import NORMALIZATION
+from landscape.sources import offline_mnist
 from landscape.geometry import probe
 from landscape.io import write_json
 from landscape.models import MLP

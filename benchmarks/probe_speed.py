@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from landscape.data import NORMALIZATION, find_local_copy, load_idx_dir
+from landscape.data import NORMALIZATION, load_idx_dir
+from landscape.sources import find_local_copy
 from landscape.io import write_json
 from landscape.models import MLP
 

@@ -19,7 +19,8 @@ from landscape import runtime  # noqa: F401 - sets the offline environment first
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from landscape.config import ConfigError, load_params
+    from landscape.config import ConfigError
+    from landscape.params_file import load_params
     from landscape.tracking import repo_root, runs_page_url, tracking_uri, ui_experiment_id
 
     try:

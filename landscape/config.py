@@ -1,18 +1,16 @@
-"""Typed, validated view of ``params.yaml``.
+"""Typed, validated view of ``params.yaml``: one group per stage, and the checks across groups.
 
-Every stage loads the whole file through :func:`load_params` before doing any work. An unknown key, a
+Every stage loads the whole file (:func:`landscape.params_file.load_params`) before doing any work. An unknown key, a
 value of the wrong type or out of range, or a cross-group inconsistency raises :class:`ConfigError`
 with one line that names the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "softplus", "elu")
 SOURCE_KEYWORDS = ("auto", "download", "offline")
@@ -162,6 +160,26 @@ class InterpolateConfig(_Group):
 MAX_FIGURE_PIXELS = 8000  # per side: larger figures exhaust memory in matplotlib's renderer
 
 
+class SurfaceConfig(_Group):
+    enabled: bool = True
+    epoch: int | None = Field(default=None, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    normalization: Literal["filter", "layer", "none"] = "filter"
+    orthogonalize: bool = False
+    points: int = Field(default=21, ge=3, le=201)
+    range: float = Field(default=1.0, gt=0, le=1000)
+    split: Literal["train", "test", "probe"] = "train"
+
+
+class ConnectConfig(_Group):
+    enabled: bool = True
+    spawn_epoch: int = Field(default=0, ge=0)
+    data_seed: int = Field(default=1, ge=0, le=MAX_SEED)
+    points: int = Field(default=21, ge=3, le=1001)
+    curve: Literal["none", "bezier"] = "none"
+    curve_epochs: int = Field(default=2, ge=1, le=10000)
+
+
 class PlotConfig(_Group):
     dpi: int = Field(default=120, ge=30, le=600)
     width: float = Field(default=6.4, gt=0, le=40)
@@ -196,6 +214,8 @@ class Params(_Group):
     train: TrainConfig = Field(default_factory=TrainConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     interpolate: InterpolateConfig = Field(default_factory=InterpolateConfig)
+    surface: SurfaceConfig = Field(default_factory=SurfaceConfig)
+    connect: ConnectConfig = Field(default_factory=ConnectConfig)
     plot: PlotConfig = Field(default_factory=PlotConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
 
@@ -216,6 +236,25 @@ class Params(_Group):
                 f"params.yaml: interpolate.start_epoch = {self.interpolate.start_epoch} equals interpolate.end_epoch: "
                 "allowed: two different saved epochs",
                 key="interpolate.start_epoch",
+            )
+        if self.surface.enabled and self.surface.epoch is not None and self.surface.epoch not in saved:
+            raise ConfigError(
+                f"params.yaml: surface.epoch = {self.surface.epoch}: no checkpoint for that epoch; allowed: null "
+                f"(the last) or one of the saved epochs {_short(saved)}",
+                key="surface.epoch",
+            )
+        if self.connect.enabled and (self.connect.spawn_epoch not in saved
+                                     or self.connect.spawn_epoch >= self.train.epochs):
+            raise ConfigError(
+                f"params.yaml: connect.spawn_epoch = {self.connect.spawn_epoch}: allowed: a saved epoch before the "
+                f"last, one of {_short(saved[:-1])} (0 = the initialization)",
+                key="connect.spawn_epoch",
+            )
+        if self.connect.enabled and self.connect.data_seed == self.train.seed:
+            raise ConfigError(
+                f"params.yaml: connect.data_seed = {self.connect.data_seed} equals train.seed: the second copy would "
+                "see the same mini-batch order; allowed: any other seed",
+                key="connect.data_seed",
             )
         de = self.probe.density_epochs
         if isinstance(de, list):
@@ -283,6 +322,12 @@ def density_epochs(params: Any) -> list[int]:
     return {"last": probed[-1:], "all": probed, "none": []}[de] if isinstance(de, str) else sorted(de)
 
 
+def surface_epoch(params: Any) -> int:
+    """``surface.epoch``, with null meaning the last epoch (``train.epochs``)."""
+    epoch = params.surface.epoch
+    return params.train.epochs if epoch is None else epoch
+
+
 def resolved_end_epoch(params: Any) -> int:
     """``interpolate.end_epoch``, with null meaning the last epoch (``train.epochs``)."""
     end = params.interpolate.end_epoch
@@ -293,126 +338,14 @@ def _short(values: list[int]) -> str:
     return str(values) if len(values) <= 12 else f"[{values[0]}, {values[1]}, …, {values[-1]}]"
 
 
-_ALIASES = {
-    "learning_rate": "lr",
-    "learning-rate": "lr",
-    "num_epochs": "epochs",
-    "n_epochs": "epochs",
-    "bs": "batch_size",
-    "wd": "weight_decay",
-    "widths": "hidden",
-    "hidden_sizes": "hidden",
-    "act": "activation",
-}
-
-
-def _format_error(err: dict[str, Any], groups: dict[str, type[BaseModel]]) -> tuple[str, str]:
-    loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc)
-    if err["type"] == "extra_forbidden":
-        parent = loc[:-1]
-        allowed: list[str]
-        if not parent:
-            allowed = list(Params.model_fields)
-        else:
-            model = groups.get(parent[0])
-            allowed = list(model.model_fields) if model is not None else []
-        alias = _ALIASES.get(loc[-1])
-        hint = [alias] if alias in allowed else difflib.get_close_matches(loc[-1], allowed, n=1)
-        maybe = f" (did you mean '{'.'.join([*parent, hint[0]])}'?)" if hint else ""
-        return key, f"params.yaml: unknown key '{key}'{maybe}; allowed keys here: {', '.join(allowed)}"
-    value = err.get("input")
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    return key, f"params.yaml: {key} = {value!r} is invalid: {msg}"
-
-
 GROUPS: dict[str, type[BaseModel]] = {
     "data": DataConfig,
     "model": ModelConfig,
     "train": TrainConfig,
     "probe": ProbeConfig,
     "interpolate": InterpolateConfig,
+    "surface": SurfaceConfig,
+    "connect": ConnectConfig,
     "plot": PlotConfig,
     "track": TrackConfig,
 }
-
-
-def parse_params(raw: Any) -> Params:
-    """Validate an already-parsed params mapping. Raises ConfigError (one line, names the key)."""
-    if raw is None:
-        raise ConfigError("params.yaml is empty; allowed: a mapping with the groups " + ", ".join(GROUPS))
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"params.yaml must be a mapping of groups ({', '.join(GROUPS)}), got {type(raw).__name__}"
-        )
-    for group, value in raw.items():
-        if group in GROUPS and not isinstance(value, dict):
-            raise ConfigError(
-                f"params.yaml: {group} = {value!r} is invalid: must be a mapping of keys "
-                f"({', '.join(GROUPS[group].model_fields)})",
-                key=str(group),
-            )
-    try:
-        return Params.model_validate(raw)
-    except ConfigError:
-        raise
-    except ValidationError as exc:
-        errors = exc.errors()
-        key, line = _format_error(errors[0], GROUPS)
-        if len(errors) > 1:
-            line += f" (and {len(errors) - 1} more problem(s))"
-        raise ConfigError(line, key=key) from None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping (first at line {seen[key] + 1})",
-                    key_node.start_mark)
-        except TypeError:  # an unhashable key: let the default constructor report it
-            break
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml. Raises ConfigError (one line) before any work is done."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path} not found; allowed: a params.yaml at the repository root")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); allowed: a YAML file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path} cannot be read ({exc.strerror}); allowed: a readable YAML file") from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"params.yaml is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return parse_params(raw)
-
-
-def flatten(params: Params) -> dict[str, Any]:
-    """``{'train.lr': 0.05, 'model.hidden': [256, 256], ...}`` — every key, for MLflow and hashing."""
-    out: dict[str, Any] = {}
-    for group, cls in GROUPS.items():
-        values = getattr(params, group)
-        for key in cls.model_fields:
-            out[f"{group}.{key}"] = getattr(values, key)
-    return out

@@ -80,6 +80,21 @@ def _lookup(raw: Any, dotted: str) -> Any:
     return node
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal params values, tolerant of how dvc.lock writes floats: its YAML writer emits ``1e-08`` without a
+    dot, which a YAML 1.1 reader (PyYAML) reads back as the *string* '1e-08'."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, str) != isinstance(b, str) and not isinstance(a, bool) and not isinstance(b, bool):
+        try:
+            return float(a) == float(b)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
 def rerun_of_locked_state(stage: str, lock_path: str | Path = "dvc.lock",
                           params_path: str | Path = "params.yaml") -> bool:
     """True when dvc.lock records a completed run of ``stage`` whose params equal the current params.yaml
@@ -96,4 +111,4 @@ def rerun_of_locked_state(stage: str, lock_path: str | Path = "dvc.lock",
         return False
     if not isinstance(locked, dict) or not locked:
         return False
-    return all(_lookup(current, key) == value for key, value in locked.items())
+    return all(_same(_lookup(current, key), value) for key, value in locked.items())

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from landscape import config
+from landscape import config, params_file
 from landscape.config import DataConfig, ModelConfig, PlotConfig, ProbeConfig, TrainConfig
 
 
@@ -53,6 +53,34 @@ class InterpolateInputs:
 
 
 @dataclass(frozen=True)
+class SurfaceInputs:
+    enabled: bool
+    epoch: int
+    seed: int
+    normalization: str
+    orthogonalize: bool
+    points: int
+    range: float
+    split: str
+    probe_samples: int | None  # split = probe: the probe subset P
+    probe_seed: int | None
+    eval_batch_size: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class ConnectInputs:
+    enabled: bool
+    spawn_epoch: int
+    data_seed: int
+    points: int
+    curve: str
+    curve_epochs: int
+    train: TrainConfig  # the copy is trained with the main run's hyperparameters
+    eval_batch_size: int
+
+
+@dataclass(frozen=True)
 class PlotInputs:
     plot: PlotConfig
 
@@ -83,12 +111,26 @@ def interpolate(p: Any) -> InterpolateInputs:
                              p.probe.eval_batch_size, p.train.threads)
 
 
+def surface(p: Any) -> SurfaceInputs:
+    s = p.surface
+    split = s.split
+    samples, seed = (p.probe.samples, p.probe.seed) if split == "probe" else (None, None)
+    return SurfaceInputs(s.enabled, config.surface_epoch(p), s.seed, s.normalization, s.orthogonalize, s.points,
+                         s.range, split, samples, seed, p.probe.eval_batch_size, p.train.threads)
+
+
+def connect(p: Any) -> ConnectInputs:
+    c = p.connect
+    return ConnectInputs(c.enabled, c.spawn_epoch, c.data_seed, c.points, c.curve, c.curve_epochs,
+                         _copy(p.train, TrainConfig), p.probe.eval_batch_size)
+
+
 def plot(p: Any) -> PlotInputs:
     return PlotInputs(_copy(p.plot, PlotConfig))
 
 
 def track(p: Any) -> TrackInputs:
-    return TrackInputs(config.flatten(p), p.track.experiment, p.track.run_name)
+    return TrackInputs(params_file.flatten(p), p.track.experiment, p.track.run_name)
 
 
 RESOLVERS: dict[str, Callable[[Any], Any]] = {
@@ -96,6 +138,8 @@ RESOLVERS: dict[str, Callable[[Any], Any]] = {
     "train": train,
     "probe": probe,
     "interpolate": interpolate,
+    "surface": surface,
+    "connect": connect,
     "plot": plot,
     "track": track,
 }
@@ -103,4 +147,4 @@ RESOLVERS: dict[str, Callable[[Any], Any]] = {
 
 def load(stage: str, path: str = "params.yaml") -> Any:
     """Validate the whole params file, then return only what ``stage`` reads."""
-    return RESOLVERS[stage](config.load_params(path))
+    return RESOLVERS[stage](params_file.load_params(path))

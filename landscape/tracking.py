@@ -286,6 +286,8 @@ def log_pipeline(
             metrics = epoch_metrics(read_json(files["metrics"]), history, now)
             summary = {**read_json(files["probe_summary"])}
             summary.update({f"line/{k}": v for k, v in read_json(files["line_summary"]).items()})
+            if Path(files.get("connect_summary", "")).is_file():
+                summary.update({f"connect/{k}": v for k, v in read_json(files["connect_summary"]).items()})
             for k, v in summary.items():
                 value = _metric_value(v)
                 if value is not None:

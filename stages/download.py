@@ -9,7 +9,8 @@ def main() -> None:
 
     from pathlib import Path
 
-    from landscape.data import acquire, describe_source, prepare
+    from landscape.data import prepare
+    from landscape.sources import acquire, describe_source
 
     raw = acquire(cfg.dataset, cfg.source, cfg.seed, cfg.download_timeout)
     record = prepare(raw, Path("data"), cfg.train_samples, cfg.test_samples, cfg.seed)

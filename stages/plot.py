@@ -10,18 +10,21 @@ def main() -> None:
     from pathlib import Path
 
     from landscape.io import read_json
-    from landscape.plotting import make_figures
+    from landscape.plotting import data_label, make_figures, path_figures
 
+    dataset = read_json("data/dataset.json")
     paths = make_figures(
         read_json("mnist_geometry_metrics.json"),
         read_json("line_loss.json"),
         read_json("reports/line_summary.json"),
         read_json("reports/spectrum.json"),
         read_json("reports/train_history.json"),
-        read_json("data/dataset.json"),
+        dataset,
         cfg,
         Path("plots"),
     )
+    paths += path_figures(read_json("reports/surface.json"), read_json("reports/connectivity.json"),
+                          data_label(dataset), cfg, Path("plots"))
     print(f"plot: {len(paths)} figures -> plots/")
 
 

@@ -13,9 +13,12 @@ FILES = {
     "probe_indices": "reports/probe_indices.json",
     "spectrum": "reports/spectrum.json",
     "stability": "reports/stability.json",
+    "surface": "reports/surface.json",
+    "connectivity": "reports/connectivity.json",
+    "connect_summary": "reports/connect_summary.json",
     "params": "params.yaml",
 }
-TIMED_STAGES = ("download", "train", "probe", "interpolate", "plot")
+TIMED_STAGES = ("download", "train", "probe", "interpolate", "surface", "connect", "plot")
 
 
 def main() -> None:
@@ -23,7 +26,8 @@ def main() -> None:
 
     from pathlib import Path
 
-    from landscape.config import Params, flatten
+    from landscape.config import Params
+    from landscape.params_file import flatten
     from landscape.io import read_json, write_json
     from landscape.plotting import FIGURES
     from landscape.tracking import log_pipeline

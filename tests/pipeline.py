@@ -20,6 +20,8 @@ TINY = {
               "eval_batch_size": 512, "density_runs": 2, "density_steps": 20,
               "top_k": 2, "smallest": True},
     "interpolate": {"start_epoch": 0, "points": 5},
+    "surface": {"points": 5},
+    "connect": {"points": 5},
 }
 
 

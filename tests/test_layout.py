@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel
 
 from landscape import stage_inputs
-from landscape.config import GROUPS, Params, parse_params
+from landscape.config import GROUPS, Params
+from landscape.params_file import parse_params
 from tests.pipeline import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,8 @@ def variants() -> list[Params]:
         change(interpolate={"end_epoch": 6}, probe={"density_epochs": [0, 4]}),
         change(probe={"density_epochs": "none", "every": 3}, train={"checkpoint_every": 2}),
         change(track={"run_name": "x"}, interpolate={"alpha_min": -0.5, "alpha_max": 1.5}),
+        change(surface={"split": "probe", "epoch": 4}, connect={"curve": "bezier", "spawn_epoch": 2}),
+        change(surface={"enabled": False}, connect={"enabled": False}),
     ]
 
 

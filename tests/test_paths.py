@@ -10,7 +10,9 @@ from landscape.evaluation import evaluate
 from landscape.models import MLP
 from landscape.parameters import assign, flatten
 from landscape.paths.barrier import barrier, path_barriers
+from landscape.paths.directions import gaussian_like, normalize, plane_directions
 from landscape.paths.line import alpha_grid, line_losses
+from landscape.paths.surface import loss_surface
 
 
 def test_barrier_is_the_largest_rise_above_the_chord_not_the_rise_at_the_maximum():
@@ -69,3 +71,111 @@ def test_line_losses_follow_the_interpolated_model():
         assert row["test_loss"] == pytest.approx(evaluate(probe, x[:10], y[:10])[0], rel=1e-12)
     assert torch.equal(flatten(model), ta)  # the model itself is untouched
     assert math.isfinite(path_barriers(rows)["barrier_height"])
+
+
+# ------------------------------------------------------------------------------------------- surfaces
+
+
+def test_surface_of_a_quadratic_loss_equals_the_analytic_value_at_every_grid_point():
+    """A linear model under the squared error: L(θ + v) = L + gᵀv + ½ vᵀHv exactly; every grid point must
+    match it, and the center is the loss at θ."""
+    from tests.helpers import dense_hessian
+
+    torch.manual_seed(0)
+    model = MLP(6, [], "relu", 3).double()
+    x = torch.randn(40, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,))
+    theta = flatten(model)
+    H = dense_hessian(model, x, y, "mse")
+    t = theta.clone().requires_grad_(True)
+    from landscape.evaluation import per_example_loss
+    from landscape.parameters import unflatten
+
+    L0 = per_example_loss(torch.func.functional_call(model, unflatten(t, model), (x,)), y, "mse").mean()
+    (g,) = torch.autograd.grad(L0, t)
+    rec = loss_surface(model, (x, y), points=5, extent=0.7, normalization="layer", seed=3, loss="mse")
+    delta, eta = plane_directions(model, "layer", 3)
+    for i, yv in enumerate(rec["y"]):
+        for j, xv in enumerate(rec["x"]):
+            v = xv * delta + yv * eta
+            assert rec["loss"][i][j] == pytest.approx(float(L0 + g @ v + 0.5 * v @ H @ v), rel=1e-10)
+    assert rec["x"][2] == rec["y"][2] == 0.0 and rec["loss"][2][2] == pytest.approx(float(L0), rel=1e-12)
+
+
+def test_filter_normalization_matches_each_output_units_norm_and_zeroes_biases():
+    torch.manual_seed(1)
+    from landscape.models import CNN
+
+    for model in (MLP(20, [16, 8], "relu", 3), CNN([3, 4], [8], "relu", 10)):
+        params = [p.detach() for p in model.parameters()]
+        d = normalize(gaussian_like(model, torch.Generator().manual_seed(0)), params, "filter")
+        for di, p in zip(d, params, strict=True):
+            if p.dim() < 2:
+                assert torch.count_nonzero(di) == 0  # biases: zeroed (Li et al.), not rescaled per filter
+            else:
+                torch.testing.assert_close(di.flatten(1).norm(dim=1), p.flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+        layer = normalize(gaussian_like(model, torch.Generator().manual_seed(0)), params, "layer")
+        for di, p in zip(layer, params, strict=True):
+            assert float(di.norm()) == pytest.approx(float(p.norm()), rel=1e-5)
+        unit = normalize(gaussian_like(model, torch.Generator().manual_seed(0)), params, "none")
+        assert float(torch.sqrt(sum(u.double().pow(2).sum() for u in unit))) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_directions_are_gaussian_not_uniform():
+    # regression for the uniform draws of the loss-landscapes package: excess kurtosis 0 (Gaussian), not −1.2
+    model = MLP(784, [256], "relu", 10)
+    raw = torch.cat([d.reshape(-1) for d in gaussian_like(model, torch.Generator().manual_seed(0))]).double()
+    z = (raw - raw.mean()) / raw.std()
+    assert float((z**4).mean()) - 3 == pytest.approx(0.0, abs=0.05)
+
+
+def test_orthogonalized_directions_are_orthogonal_and_keep_their_norm():
+    model = MLP(20, [16], "tanh", 3)
+    d0, e0 = plane_directions(model, "filter", 5)
+    d, e = plane_directions(model, "filter", 5, orthogonalize=True)
+    assert torch.equal(d, d0)
+    assert abs(float(d.double() @ e.double())) < 1e-6 * float(d.norm() * e.norm())
+    assert float(e.norm()) == pytest.approx(float(e0.norm()), rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------- connectivity
+def _tiny_run(tmp_path):
+    from landscape.config import ModelConfig, TrainConfig
+    from landscape.data import prepare
+    from landscape.sources import offline_mnist
+    from landscape.training import train
+
+    data = tmp_path / "data"
+    prepare(offline_mnist(0), data, 300, 100, 0)
+    cfg = TrainConfig(epochs=3, batch_size=50, lr=0.1, seed=0)
+    train(ModelConfig(hidden=[16]), cfg, data, tmp_path / "ckpt")
+    return data, cfg
+
+
+def test_a_copy_with_the_same_data_order_is_the_same_network_and_another_order_is_not(tmp_path):
+    from landscape.paths.connectivity import connectivity
+
+    data, cfg = _tiny_run(tmp_path)
+    # spawned at the initialization with the main run's own seed (what the config forbids) the copy must
+    # retrace the main run exactly; from epoch 1 with another seed it must not
+    same = connectivity(tmp_path / "ckpt", data, 0, cfg.seed, 5, cfg)
+    other = connectivity(tmp_path / "ckpt", data, 1, 7, 5, cfg)
+    assert same["distance"] == 0.0 and same["loss_barrier"] == 0.0  # the copy retraced the main run exactly
+    assert other["distance"] > 0 and other["alpha"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert other["loss"][0] != other["loss"][-1]  # two different endpoints
+    assert other["batch_norm"].startswith("the model has no batch norm")
+    assert set(other) >= {"spawn_epoch", "alpha", "loss", "test_loss", "test_error", "loss_barrier", "error_barrier"}
+
+
+def test_bezier_curve_has_the_fixed_endpoints(tmp_path):
+    from landscape.paths.connectivity import connectivity
+    from landscape.paths.curves import bezier
+
+    data, cfg = _tiny_run(tmp_path)
+    rec = connectivity(tmp_path / "ckpt", data, 0, 3, 5, cfg, curve="bezier", curve_epochs=2)
+    c = rec["curve"]
+    assert c["loss"][0] == pytest.approx(rec["loss"][0], rel=1e-6)
+    assert c["loss"][-1] == pytest.approx(rec["loss"][-1], rel=1e-6)
+    assert len(c["train_loss_history"]) == 2 and all(math.isfinite(v) for v in c["train_loss_history"])
+    a, b, m = torch.zeros(3), torch.ones(3), torch.full((3,), 5.0)
+    assert torch.equal(bezier(a, m, b, 0.5), torch.full((3,), 0.25 * 0 + 0.5 * 5 + 0.25 * 1))

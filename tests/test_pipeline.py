@@ -23,7 +23,7 @@ def project(tmp_path_factory):
 
 def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     ran = reproduce(project, monkeypatch)
-    assert ran == ["download", "train", "probe", "interpolate", "plot", "track"]
+    assert ran == ["download", "train", "probe", "interpolate", "surface", "connect", "plot", "track"]
 
     metrics = json.loads((project / "mnist_geometry_metrics.json").read_text())
     assert [r["epoch"] for r in metrics] == [0, 1, 2]
@@ -48,7 +48,16 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     indices = json.loads((project / "reports/probe_indices.json").read_text())
     assert len(indices["indices"]) == 128 and indices["seed"] == 0
     assert sorted(p.name for p in (project / "plots").iterdir()) == [
-        "curvature.png", "line_loss.png", "loss_accuracy.png", "sharpness.png", "spectrum.png", "stability.png"]
+        "connectivity.png", "curvature.png", "line_loss.png", "loss_accuracy.png", "sharpness.png", "spectrum.png",
+        "stability.png", "surface_3d.png", "surface_contour.png"]
+    surface = json.loads((project / "reports/surface.json").read_text())
+    assert (surface["epoch"], surface["split"], surface["normalization"]) == (2, "train", "filter")
+    assert len(surface["loss"]) == 5 and all(len(row) == 5 for row in surface["loss"])
+    assert surface["loss"][2][2] == pytest.approx(metrics[-1]["train_loss"], rel=1e-6)  # the center is θ
+    connect = json.loads((project / "reports/connectivity.json").read_text())
+    assert connect["spawn_epoch"] == 0 and connect["data_seed"] == 1 and len(connect["alpha"]) == 5
+    assert connect["loss"][0] == pytest.approx(metrics[-1]["train_loss"], rel=1e-6)  # α = 0: the main run
+    assert connect["loss_barrier"] >= 0 and connect["distance"] > 0
     spectra = json.loads((project / "reports/spectrum.json").read_text())
     assert spectra["epochs"] == [2] and spectra["missing"] == [] and spectra["note"] is None  # density: last
     spectra = spectra["spectra"]
@@ -81,6 +90,7 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["lambda_max"]) for r in metrics]
     assert run.data.metrics["summary/final_test_accuracy"] == pytest.approx(metrics[-1]["test_accuracy"])
     assert "summary/line/barrier_height" in run.data.metrics
+    assert run.data.metrics["summary/connect/loss_barrier"] == pytest.approx(connect["loss_barrier"])
     # charts grouped by prefix in the UI; the experiment opens on its runs (MLflow 3), named runs, real span
     assert {m.split("/")[0] for m in run.data.metrics} <= {
         "loss", "accuracy", "gradient", "curvature", "sharpness", "stability", "summary", "train", "time", "probe",
@@ -111,6 +121,15 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     # editing a probe key reruns probe, plot, track — not download, train or interpolate
     set_params(project, {"probe": {"sharpness_directions": 2}})
     assert reproduce(project, monkeypatch) == ["probe", "plot", "track"]
+    # a surface or connect edit reruns only that stage, plot and track
+    set_params(project, {"surface": {"normalization": "layer"}})
+    assert reproduce(project, monkeypatch) == ["surface", "plot", "track"]
+    assert json.loads((project / "reports/surface.json").read_text())["normalization"] == "layer"
+    set_params(project, {"connect": {"data_seed": 5}})
+    assert reproduce(project, monkeypatch) == ["connect", "plot", "track"]
+    arts = {a.path for a in client.list_artifacts(
+        json.loads((project / "reports/mlflow_run.json").read_text())["run_id"], "outputs")}
+    assert {"outputs/surface.json", "outputs/connectivity.json"} <= arts
 
     # a code edit that changes no output (a comment in the HVP module) reruns probe, whose outputs stay
     # byte-identical, and track, which logs a new parent run tagged with the code that made it

@@ -57,3 +57,13 @@ def test_rerun_of_locked_state(tmp_path):
     assert not check()
     assert not rerun_of_locked_state("probe", tmp_path / "dvc.lock", tmp_path / "params.yaml")
     assert not rerun_of_locked_state("train", tmp_path / "missing.lock", tmp_path / "params.yaml")
+
+
+def test_locked_floats_written_without_a_dot_still_compare_equal(tmp_path):
+    # dvc.lock writes 1e-08 (no dot): PyYAML reads that back as a string
+    (tmp_path / "dvc.lock").write_text("stages:\n  train:\n    params:\n      params.yaml:\n        train:\n"
+                                       "          adam_eps: 1e-08\n          lr: 0.05\n")
+    (tmp_path / "params.yaml").write_text("train:\n  adam_eps: 1.0e-8\n  lr: 0.05\n")
+    assert rerun_of_locked_state("train", tmp_path / "dvc.lock", tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("train:\n  adam_eps: 1.0e-7\n  lr: 0.05\n")
+    assert not rerun_of_locked_state("train", tmp_path / "dvc.lock", tmp_path / "params.yaml")

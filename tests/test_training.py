@@ -7,7 +7,8 @@ import torch
 
 from landscape.checkpoints import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, load_model
 from landscape.config import ModelConfig, TrainConfig
-from landscape.data import offline_mnist, prepare
+from landscape.data import prepare
+from landscape.sources import offline_mnist
 from landscape.training import train
 
 TRAIN = {"batch_size": 32, "lr": 0.1, "momentum": 0.9, "seed": 1}

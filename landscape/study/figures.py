@@ -59,14 +59,16 @@ def study_figures(rows: list[Any], axes: list[str], measures: list[str], out_dir
     traj = [r for r in rows if r.trajectory]
     if traj:
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        labelled = len(traj) <= 12
         for r in traj:
-            ax.plot([e for e, _ in r.trajectory], [v for _, v in r.trajectory], lw=1, alpha=0.8)
+            label = ", ".join(f"{a.split('.')[-1]}={r.params.get(a)}" for a in axes) if labelled else None
+            ax.plot([e for e, _ in r.trajectory], [v for _, v in r.trajectory], lw=1.2, alpha=0.85, label=label)
         ax.axhline(1.0, color="tab:red", ls="--", label="threshold (η·λ_max = 2(1+β) for SGD)")
         top = max(v for r in traj for _, v in r.trajectory if math.isfinite(v))
         ax.set_ylim(0, max(1.2, top * 1.05))
         ax.set_xlabel("epoch (full batch: step)")
         ax.set_ylabel("η·λ_max / threshold")
         ax.set_title(f"Normalized λ_max trajectories of {len(traj)} runs", fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
         paths.append(_save(fig, out_dir / "stability_trajectories.png"))
     return paths

@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from landscape.config import GROUPS, ConfigError, parse_params
+from landscape.config import GROUPS, ConfigError
+from landscape.params_file import parse_params
 
 ALL_KEYS = tuple(f"{g}.{k}" for g, cls in GROUPS.items() for k in cls.model_fields)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # safe as a git ref component (DVC experiment names)

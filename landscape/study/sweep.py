@@ -49,8 +49,9 @@ def point_run_key(params: dict[str, Any], code: str, dataset: dict[str, Any]) ->
 
 def _dataset_records(points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The dataset record of each distinct data config among the points (data acquired once each)."""
-    from landscape.config import parse_params
-    from landscape.data import acquire, prepare
+    from landscape.params_file import parse_params
+    from landscape.data import prepare
+    from landscape.sources import acquire
 
     out: dict[str, dict[str, Any]] = {}
     for raw in points:
@@ -65,7 +66,7 @@ def _dataset_records(points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def finished_points(grid: Grid, root: Path) -> dict[str, str]:
     """``{point name: run id}`` of the points whose run (same run key) is already FINISHED in the store."""
-    from landscape.config import parse_params
+    from landscape.params_file import parse_params
     from landscape.tracking import RUN_KEY_TAG, prepare_env, tracking_uri
 
     prepare_env()

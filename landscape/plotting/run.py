@@ -1,4 +1,5 @@
-"""Matplotlib figures from the pipeline's JSON outputs (no computation happens here)."""
+"""The per-epoch figures of one run: loss and accuracy, curvature, stability, sharpness, the line, the
+spectral density. Every title names the data actually used."""
 
 from __future__ import annotations
 
@@ -12,18 +13,19 @@ import matplotlib.pyplot as plt
 
 from landscape.config import PlotConfig
 
-FIGURES = ("loss_accuracy", "curvature", "stability", "sharpness", "line_loss", "spectrum")
+RUN_FIGURES = ("loss_accuracy", "curvature", "stability", "sharpness", "line_loss", "spectrum")
 
 
 def _col(records: list[dict[str, Any]], key: str) -> list[float]:
     return [float("nan") if r.get(key) is None else r[key] for r in records]
 
 
-def _title(ax: plt.Axes, title: str, data: str) -> None:
-    ax.set_title(f"{title}\n{data}", fontsize=10)
+def title(ax: plt.Axes, text: str, data: str) -> None:
+    """A figure title with a second line naming the data actually used."""
+    ax.set_title(f"{text}\n{data}", fontsize=10)
 
 
-def _save(fig: plt.Figure, path: Path, cfg: PlotConfig) -> None:
+def save(fig: plt.Figure, path: Path, cfg: PlotConfig) -> None:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=cfg.dpi, format="png", metadata={"Software": None})
@@ -56,7 +58,7 @@ def make_figures(
     plt.style.use(cfg.style)
     size = (cfg.width, cfg.height)
     ep = _col(metrics, "epoch")
-    paths = [out_dir / f"{name}.png" for name in FIGURES]
+    paths = [out_dir / f"{name}.png" for name in RUN_FIGURES]
     finite = [r for r in metrics if not r.get("diverged")]
     eta = finite[0]["lr"] if finite else float("nan")
     threshold = finite[0]["stability_threshold"] if finite else None  # None for Adam: no fixed threshold
@@ -77,8 +79,8 @@ def make_figures(
     mark_divergence(ax)
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
-    _title(ax, "Loss and accuracy (full splits)" + (f"; training diverged in epoch {div}" if div else ""), data)
-    _save(fig, paths[0], cfg)
+    title(ax, "Loss and accuracy (full splits)" + (f"; training diverged in epoch {div}" if div else ""), data)
+    save(fig, paths[0], cfg)
 
     fig, ax = plt.subplots(figsize=size)
     ax.plot(ep, _col(metrics, "lambda_max"), "o-", label=r"$\lambda_{max}$ of $\nabla^2 L_P$")
@@ -87,9 +89,9 @@ def make_figures(
     ax.set_xlabel("epoch")
     ax.set_ylabel(r"$\lambda_{max}$")
     mark_divergence(ax)
-    _title(ax, f"Top Hessian eigenvalue (η = {eta:g})", data)
+    title(ax, f"Top Hessian eigenvalue (η = {eta:g})", data)
     ax.legend()
-    _save(fig, paths[1], cfg)
+    save(fig, paths[1], cfg)
 
     fig, ax = plt.subplots(figsize=size)
     ax.plot(ep, _col(metrics, "stability_ratio"), "o-", label=r"stability ratio $\eta\lambda_{max}$")
@@ -103,9 +105,9 @@ def make_figures(
     ax.axhline(1.0, color="gray", ls=":", label="lgdi = 1 (a step of that size raises the loss)")
     mark_divergence(ax)
     ax.set_xlabel("epoch")
-    _title(ax, "Optimization stability", data)
+    title(ax, "Optimization stability", data)
     ax.legend(fontsize=8)
-    _save(fig, paths[2], cfg)
+    save(fig, paths[2], cfg)
 
     fig, (ax, right) = plt.subplots(1, 2, figsize=(size[0] * 1.8, size[1]))
     f0 = finite[0] if finite else {}
@@ -124,7 +126,7 @@ def make_figures(
     ax2.set_ylabel("gradient norm")
     handles += ax2.get_lines()
     ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
-    _title(ax, "Average sharpness and gradient norm", data)
+    title(ax, "Average sharpness and gradient norm", data)
     if any(r.get("worst_case_sharpness") is not None for r in metrics):
         steps, rho_a = f0.get("ascent_steps"), f0.get("adaptive_radius")
         right.plot(ep, _col(metrics, "worst_case_sharpness"), "o-", label=f"worst case, ‖d‖ ≤ ρ = {rho}, {steps} steps")
@@ -137,8 +139,8 @@ def make_figures(
     mark_divergence(right)
     right.set_xlabel("epoch")
     right.set_ylabel("loss increase (nats)")
-    _title(right, "Worst-case and adaptive sharpness", data)
-    _save(fig, paths[3], cfg)
+    title(right, "Worst-case and adaptive sharpness", data)
+    save(fig, paths[3], cfg)
 
     fig, ax = plt.subplots(figsize=size)
     al = _col(line, "alpha")
@@ -148,15 +150,15 @@ def make_figures(
     if line:
         ax.plot([0.0, 1.0], [s["loss_start"], s["loss_end"]], "k*", ms=12,
                 label=f"endpoints: epoch {s['start_epoch']} (α=0), epoch {s['end_epoch']} (α=1)")
-        _title(ax, f"Loss along the line (loss barrier {s['barrier_height']:.3g})", data)
+        title(ax, f"Loss along the line (loss barrier {s['barrier_height']:.3g})", data)
         ax.legend()
     else:
         ax.text(0.5, 0.5, f"no line: {s.get('skipped', 'no points')}", ha="center", wrap=True,
                 transform=ax.transAxes, fontsize=8)
-        _title(ax, "Loss along the line", data)
+        title(ax, "Loss along the line", data)
     ax.set_xlabel(r"$\alpha$,  $\theta(\alpha) = (1-\alpha)\theta_a + \alpha\theta_b$")
     ax.set_ylabel("cross-entropy (nats)")
-    _save(fig, paths[4], cfg)
+    save(fig, paths[4], cfg)
 
     fig, ax = plt.subplots(figsize=size)
     for sp in spectra:
@@ -174,6 +176,6 @@ def make_figures(
         ax.text(0.5, 0.5 if not spectra else 0.05, text, ha="center", transform=ax.transAxes, fontsize=8, wrap=True)
     ax.set_xlabel("eigenvalue of $\\nabla^2 L_P$")
     ax.set_ylabel("density (SLQ, Gaussian kernel)")
-    _title(ax, "Hessian eigenvalue density", data)
-    _save(fig, paths[5], cfg)
+    title(ax, "Hessian eigenvalue density", data)
+    save(fig, paths[5], cfg)
     return paths

@@ -1,0 +1,93 @@
+"""Figures of the 2-D loss surface (filled contour with the checkpoint marked; 3-D surface) and of mode
+connectivity (the line, and the Bézier curve if trained, between two copies from a shared start)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from landscape.config import PlotConfig
+from landscape.plotting.run import save, title
+
+PATH_FIGURES = ("surface_contour", "surface_3d", "connectivity")
+
+
+def _note(ax: plt.Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def path_figures(surface: dict[str, Any], connect: dict[str, Any], data: str, cfg: PlotConfig,
+                 out_dir: Path) -> list[Path]:
+    """Write the surface and connectivity figures (a note where a stage is off or had nothing to draw)."""
+    size = (cfg.width, cfg.height)
+    paths = [out_dir / f"{name}.png" for name in PATH_FIGURES]
+    on = surface.get("enabled", True) and "loss" in surface
+    fig, ax = plt.subplots(figsize=(size[0], size[0] * 0.85))
+    if on:
+        x, y, z = np.array(surface["x"]), np.array(surface["y"]), np.array(surface["loss"], dtype=float)
+        finite = z[np.isfinite(z)]
+        levels = np.quantile(finite, np.linspace(0, 1, 25)) if finite.size else 10
+        levels = np.unique(levels) if not isinstance(levels, int) else levels
+        cs = ax.contourf(x, y, z, levels=levels if np.size(levels) > 1 else 10, cmap="viridis")
+        fig.colorbar(cs, ax=ax, label=f"{surface['split']} loss")
+        ax.contour(x, y, z, levels=cs.levels[::3], colors="white", linewidths=0.4)
+        ax.plot(0, 0, "r*", ms=14, label=f"checkpoint, epoch {surface['epoch']}")
+        ax.set_xlabel(r"$x$ (along $\delta$)")
+        ax.set_ylabel(r"$y$ (along $\eta$)")
+        ax.set_aspect("equal")
+        ax.legend(loc="upper right", fontsize=8)
+        title(ax, f"Loss surface, {surface['normalization']}-normalized directions (seed {surface['seed']})", data)
+    else:
+        _note(ax, "no surface: surface.enabled is false")
+    save(fig, paths[0], cfg)
+
+    fig = plt.figure(figsize=size)
+    ax3 = fig.add_subplot(projection="3d")
+    if on:
+        X, Y = np.meshgrid(x, y)
+        ax3.plot_surface(X, Y, np.clip(z, None, np.nanquantile(z, 0.99)), cmap="viridis", linewidth=0,
+                         antialiased=True)
+        ax3.set_xlabel("x")
+        ax3.set_ylabel("y")
+        ax3.set_zlabel(f"{surface['split']} loss")
+        ax3.set_title(f"Loss surface around epoch {surface['epoch']}\n{data}", fontsize=10)
+    else:
+        ax3.set_title("no surface: surface.enabled is false", fontsize=10)
+    save(fig, paths[1], cfg)
+
+    fig, ax = plt.subplots(figsize=size)
+    if connect.get("enabled", True) is False:
+        _note(ax, "no connectivity: connect.enabled is false")
+    elif "alpha" not in connect:
+        _note(ax, f"no connectivity path: {connect.get('skipped', 'nothing to draw')}")
+    else:
+        a = connect["alpha"]
+        ax.plot(a, connect["loss"], "o-", ms=3, label="line, train loss")
+        ax.plot(a, connect["test_loss"], "s-", ms=3, label="line, test loss")
+        if "curve" in connect:
+            c = connect["curve"]
+            ax.plot(c["t"], c["loss"], "o--", ms=3, label="Bézier curve, train loss")
+            ax.plot(c["t"], c["test_loss"], "s--", ms=3, label="Bézier curve, test loss")
+        ax.set_xlabel(r"$\alpha$ (line) / $t$ (curve): copy A (main run) → copy B (data seed "
+                      f"{connect['data_seed']})")
+        ax.set_ylabel("loss")
+        ax2 = ax.twinx()
+        ax2.plot(a, [100 * e for e in connect["test_error"]], "^:", color="tab:red", ms=3, label="line, test error")
+        ax2.set_ylabel("test error (%)")
+        handles = ax.get_lines() + ax2.get_lines()
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center")
+        barrier = connect["loss_barrier"]
+        err = connect["error_barrier"]
+        title(ax, f"Copies from epoch {connect['spawn_epoch']}: loss barrier {barrier:.3g}, test-error barrier "
+                  f"{100 * err:.2f}%" if math.isfinite(barrier) else "Mode connectivity", data)
+    save(fig, paths[2], cfg)
+    return paths
