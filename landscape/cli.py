@@ -70,7 +70,8 @@ def _analyze(args: argparse.Namespace) -> int:
     from landscape.study.analysis import analyze
 
     out = Path(args.out or f"reports/study/{args.experiment}")
-    record = analyze(args.experiment, out, resamples=args.resamples, seed=args.seed, log_run=not args.no_log)
+    record = analyze(args.experiment, out, resamples=args.resamples, seed=args.seed, log_run=not args.no_log,
+                     min_train_accuracy=args.min_train_accuracy)
     print(f"analysis of {len(record['runs'])} runs ({len(record['skipped'])} skipped) -> {out}/report.md"
           + (f"; MLflow run {record['analysis_run_id']}" if "analysis_run_id" in record else ""))
     return 0
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     an.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of runs")
     an.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     an.add_argument("--no-log", action="store_true", help="do not log the analysis as an MLflow run")
+    an.add_argument("--min-train-accuracy", type=float, help="skip runs that fit the training set less well")
     an.set_defaults(func=_analyze)
     ui = sub.add_parser("ui", help="MLflow UI on the pipeline's store; prints the experiment's runs page")
     ui.add_argument("--port", type=int, default=5000)

@@ -93,6 +93,14 @@ class TrainConfig(_Group):
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     checkpoint_every: int = Field(default=1, ge=1)
     threads: int = Field(default=1, ge=1, le=256)
+    device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("allowed: auto (cuda when available, else cpu), cpu, cuda, cuda:N")
 
     @field_validator("batch_size")
     @classmethod

@@ -150,8 +150,8 @@ def evaluate_many(
             for i in range(0, len(x), rows):
                 xb, yb = x[i : i + rows], y[i : i + rows]
                 out = _mlp_outputs(layers, thetas, xb) if layers is not None else batched(stacked, xb)
-                totals += per_example_loss(out, yb.expand(m, -1), loss).double().sum(1)
-                correct += (out.argmax(-1) == yb).sum(1).double()
+                totals += per_example_loss(out, yb.expand(m, -1), loss).double().sum(1).cpu()
+                correct += (out.argmax(-1) == yb).sum(1).double().cpu()
     finally:
         model.train(was_training)
     return totals / len(x), correct / len(x)
@@ -206,7 +206,7 @@ def loss_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
                 out = functional_call(model, params, (x[i : i + batch_size],))
                 per = per_example_loss(out, y[i : i + batch_size], loss)
                 (per.sum() / len(x)).backward()
-                total += per.detach().double().sum()
+                total += per.detach().double().sum().cpu()
         finally:
             model.train(was_training)
         return float(total) / len(x), t.grad.detach()

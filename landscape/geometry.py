@@ -209,6 +209,7 @@ def probe_checkpoints(
     ckpt_dir: str,
     cfg: ProbeConfig,
     density_epochs: list[int] = (),
+    device: str = "cpu",
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Probe each of ``epochs`` that has a checkpoint; return (records, probe-set record, spectra record).
 
@@ -227,7 +228,9 @@ def probe_checkpoints(
     train = load_split(data_root, "train")
     test = load_split(data_root, "test")
     idx = probe_indices(len(train[0]), cfg.samples, cfg.seed)
-    probe_data = (train[0][idx], train[1][idx])
+    probe_data = (train[0][idx].to(device), train[1][idx].to(device))
+    train = (train[0].to(device), train[1].to(device))
+    test = (test[0].to(device), test[1].to(device))
     available = list_checkpoints(ckpt_dir)
     present = [e for e in epochs if e in available]
     density = set(density_epochs)
@@ -241,7 +244,7 @@ def probe_checkpoints(
     records, spectra = [], []
     for epoch in tqdm(present, desc="probe"):
         ckpt = load_checkpoint(available[epoch])
-        model = model_from_checkpoint(ckpt)
+        model = model_from_checkpoint(ckpt).to(device)
         parts: dict[str, float] = {}
         rec, spectrum = probe(model, train, test, probe_data, ckpt["optimizer"], cfg, epoch in density,
                               timings=parts)

@@ -28,8 +28,31 @@ from typing import Any
 from landscape.errors import LandscapeError as StageError
 
 
-def configure_torch(threads: int) -> dict[str, Any]:
-    """Fix torch's intra-op threads to ``threads`` (and inter-op to 1); return what is now in effect."""
+def resolve_device(name: str) -> Any:
+    """``train.device`` as a ``torch.device``: auto = cuda when available, else cpu. A CUDA device that this
+    machine does not have stops the stage with one line, before any work."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StageError(f"train.device = {name}: this machine has no CUDA device (torch {torch.__version__}); "
+                             "allowed here: cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise StageError(f"train.device = {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"allowed: cuda:0 … cuda:{torch.cuda.device_count() - 1}, cpu or auto")
+        # determinism where torch has deterministic kernels (CUDA results are still not promised bit for bit)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return device
+
+
+def configure_torch(threads: int, device: str = "cpu") -> dict[str, Any]:
+    """Fix torch's intra-op threads to ``threads`` (and inter-op to 1) and resolve ``train.device``; return
+    what is now in effect (``threads``, ``device``, ``torch``)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -39,7 +62,7 @@ def configure_torch(threads: int) -> dict[str, Any]:
         pass
     if torch.get_num_threads() != threads:
         raise StageError(f"train.threads = {threads}: torch runs with {torch.get_num_threads()} threads instead")
-    return {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {"threads": torch.get_num_threads(), "device": str(resolve_device(device)), "torch": torch.__version__}
 
 
 TIMINGS_DIR = Path("reports/timings")

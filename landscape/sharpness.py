@@ -73,7 +73,7 @@ def directional_sharpness(
     (adaptive sharpness: |θ|) each direction is d_k = scale ⊙ ρ u_k/‖u_k‖."""
     if directions < 1 or radius <= 0:
         raise ValueError("need directions >= 1 and radius > 0")
-    d = random_directions(theta.numel(), directions, radius, seed, theta.dtype)
+    d = random_directions(theta.numel(), directions, radius, seed, theta.dtype).to(theta.device)
     if scale is not None:
         d = d * scale
     if losses is not None:
@@ -109,7 +109,8 @@ def worst_case_sharpness(
     direction = s * g  # ∂/∂u L(θ + s ⊙ u) at u = 0
     norm = float(torch.linalg.vector_norm(direction.double()))
     if not math.isfinite(norm) or norm == 0.0:  # at a stationary point: a seeded random start
-        direction = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(seed), dtype=theta.dtype)
+        direction = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(seed),
+                                dtype=theta.dtype).to(theta.device)
         norm = float(torch.linalg.vector_norm(direction.double()))
     u = (radius / norm) * direction
     best, best_step = floor, 0

@@ -39,6 +39,7 @@ class ProbeInputs:
     epochs: list[int]  # the probed checkpoints
     density_epochs: list[int]
     threads: int
+    device: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class InterpolateInputs:
     alpha_max: float
     eval_batch_size: int
     threads: int
+    device: str
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class SurfaceInputs:
     probe_seed: int | None
     eval_batch_size: int
     threads: int
+    device: str
 
 
 @dataclass(frozen=True)
@@ -102,13 +105,13 @@ def train(p: Any) -> TrainInputs:
 
 def probe(p: Any) -> ProbeInputs:
     return ProbeInputs(_copy(p.probe, ProbeConfig), config.probed_epochs(p), config.density_epochs(p),
-                       p.train.threads)
+                       p.train.threads, p.train.device)
 
 
 def interpolate(p: Any) -> InterpolateInputs:
     i = p.interpolate
     return InterpolateInputs(i.start_epoch, config.resolved_end_epoch(p), i.points, i.alpha_min, i.alpha_max,
-                             p.probe.eval_batch_size, p.train.threads)
+                             p.probe.eval_batch_size, p.train.threads, p.train.device)
 
 
 def surface(p: Any) -> SurfaceInputs:
@@ -116,7 +119,7 @@ def surface(p: Any) -> SurfaceInputs:
     split = s.split
     samples, seed = (p.probe.samples, p.probe.seed) if split == "probe" else (None, None)
     return SurfaceInputs(s.enabled, config.surface_epoch(p), s.seed, s.normalization, s.orthogonalize, s.points,
-                         s.range, split, samples, seed, p.probe.eval_batch_size, p.train.threads)
+                         s.range, split, samples, seed, p.probe.eval_batch_size, p.train.threads, p.train.device)
 
 
 def connect(p: Any) -> ConnectInputs:

@@ -268,6 +268,9 @@ def log_pipeline(
         }
         if os.environ.get("DVC_EXP_NAME"):
             tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+        for key in ("device", "threads", "torch"):  # what the training actually ran on
+            if history.get(key) is not None:
+                tags[f"landscape.{key}"] = str(history[key])
         if history.get("diverged"):
             tags["landscape.diverged"] = f"epoch {history.get('diverged_epoch')}"
         starts = [t["started_at"] for t in timings.values() if t.get("started_at")]

@@ -127,6 +127,33 @@ def _read_wall_times(ckpt_dir: Path, fp: str) -> dict[int, float]:
     return {int(k): float(v) for k, v in blob.get("wall_time_s", {}).items()}
 
 
+def to_cpu(obj: Any) -> Any:
+    """Every tensor in a (nested) state dict moved to the CPU; the object itself when nothing is elsewhere, so
+    that a CPU run's checkpoint bytes do not change."""
+    if not _off_cpu(obj):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        out = type(obj)((k, to_cpu(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata  # module versions (batch norm reads them on load)
+        return out
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def _off_cpu(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return obj.device.type != "cpu"
+    if isinstance(obj, dict):
+        return any(_off_cpu(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return any(_off_cpu(v) for v in obj)
+    return False
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """``torch.optim.SGD`` (momentum, Nesterov) or ``torch.optim.Adam`` (β₁ = ``train.momentum``)."""
     if cfg.optimizer == "adam":
@@ -180,8 +207,10 @@ def train(
     data_root: Path,
     ckpt_dir: Path,
     resume: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train, writing ``ckpt_dir/epoch_NNN.pt`` at the saved epochs; return the training history.
+    """Train on ``device``, writing ``ckpt_dir/epoch_NNN.pt`` at the saved epochs (from CPU tensors, so that a
+    checkpoint does not depend on the device); return the training history.
 
     With ``resume``, an existing checkpoint of the same fingerprint is continued from (model, optimizer,
     and both RNG states), which gives bit-identical results to an uninterrupted run on CPU.
@@ -190,12 +219,13 @@ def train(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(ckpt_dir)
     x, y = load_split(data_root, "train")
+    x, y = x.to(device), y.to(device)
     fp = fingerprint(model_cfg, train_cfg, data_root)
     saved_list = train_cfg.saved_epochs()
     saved = set(saved_list)
 
     torch.manual_seed(train_cfg.seed)
-    model = make_model(model_cfg, x.shape[1], NUM_CLASSES)
+    model = make_model(model_cfg, x.shape[1], NUM_CLASSES).to(device)  # initialized on the CPU generator
     opt = make_optimizer(model, train_cfg)
     batches = torch.Generator().manual_seed(train_cfg.seed)
     history: list[dict[str, Any]] = []
@@ -212,9 +242,9 @@ def train(
         log.info("training from scratch (no resume)")
     if ckpt is not None:
         start = ckpt["epoch"]
-        model = model_from_checkpoint(ckpt)
+        model = model_from_checkpoint(ckpt).to(device)
         opt = make_optimizer(model, train_cfg)
-        opt.load_state_dict(ckpt["optimizer_state"])
+        opt.load_state_dict(ckpt["optimizer_state"])  # moves the state to the parameters' device
         torch.set_rng_state(ckpt["rng"]["torch"])
         batches.set_state(ckpt["rng"]["batches"])
         history = [{**h, "wall_time_s": wall_times.get(h["epoch"])} for h in ckpt["history"]]
@@ -232,9 +262,9 @@ def train(
             {
                 "epoch": epoch,
                 "model": model.spec,
-                "model_state": model.state_dict(),
+                "model_state": to_cpu(model.state_dict()),
                 "optimizer": optimizer_record(train_cfg),
-                "optimizer_state": opt.state_dict(),
+                "optimizer_state": to_cpu(opt.state_dict()),
                 "rng": {"torch": torch.get_rng_state(), "batches": batches.get_state()},
                 "fingerprint": fp,
                 # wall times are left out so that checkpoints are bit-identical across runs

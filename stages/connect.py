@@ -16,9 +16,9 @@ def main() -> None:
         return
     from landscape.paths.connectivity import connectivity, summary_metrics
 
-    runtime.configure_torch(inp.train.threads)
+    env = runtime.configure_torch(inp.train.threads, inp.train.device)
     record = connectivity("checkpoints", "data", inp.spawn_epoch, inp.data_seed, inp.points, inp.train,
-                          inp.eval_batch_size, inp.curve, inp.curve_epochs)
+                          inp.eval_batch_size, inp.curve, inp.curve_epochs, env["device"])
     write_json("reports/connectivity.json", record)
     write_json("reports/connect_summary.json", summary_metrics(record))
     print(f"connect: copies from epoch {inp.spawn_epoch} (data seeds {inp.train.seed} and {inp.data_seed}): "

@@ -10,9 +10,9 @@ def main() -> None:
     from landscape.io import write_json
     from landscape.paths.line import line_between_checkpoints
 
-    runtime.configure_torch(inp.threads)
+    env = runtime.configure_torch(inp.threads, inp.device)
     rows, summary = line_between_checkpoints("checkpoints", "data", inp.start_epoch, inp.end_epoch, inp.points,
-                                             inp.alpha_min, inp.alpha_max, inp.eval_batch_size)
+                                             inp.alpha_min, inp.alpha_max, inp.eval_batch_size, env["device"])
     write_json("line_loss.json", rows)
     write_json("reports/line_summary.json", summary)
     print(f"interpolate: epoch {summary['start_epoch']} -> {summary['end_epoch']}, {len(rows)} points, "

@@ -11,10 +11,10 @@ def main() -> None:
     from landscape.io import write_json
     from landscape.study.stability import stability_summary
 
-    runtime.configure_torch(inputs.threads)
+    env = runtime.configure_torch(inputs.threads, inputs.device)
     check_probe_size("data", inputs.probe.samples)
     records, probe_set, spectra = probe_checkpoints(inputs.epochs, "data", "checkpoints", inputs.probe,
-                                                    inputs.density_epochs)
+                                                    inputs.density_epochs, device=env["device"])
     write_json("reports/probe_indices.json", probe_set)
     write_json("reports/spectrum.json", spectra)
     write_json("mnist_geometry_metrics.json", records)

@@ -15,8 +15,8 @@ def main() -> None:
         return
     from landscape.paths.surface import surface_of_checkpoint
 
-    runtime.configure_torch(inp.threads)
-    record = surface_of_checkpoint("checkpoints", "data", inp)
+    env = runtime.configure_torch(inp.threads, inp.device)
+    record = surface_of_checkpoint("checkpoints", "data", inp, env["device"])
     write_json("reports/surface.json", record)
     print(f"surface: {inp.points}x{inp.points} grid around epoch {record['epoch']} on the {inp.split} split "
           f"({record['samples']} examples, {inp.normalization} normalization) -> reports/surface.json")

@@ -13,12 +13,14 @@ def main() -> None:
     from landscape.provenance import rerun_of_locked_state
     from landscape.training import train
 
-    env = runtime.configure_torch(inputs.train.threads)
+    env = runtime.configure_torch(inputs.train.threads, inputs.train.device)
     forced = rerun_of_locked_state("train")
-    result = train(inputs.model, inputs.train, Path("data"), Path("checkpoints"), resume=not forced)
+    result = train(inputs.model, inputs.train, Path("data"), Path("checkpoints"), resume=not forced,
+                   device=env["device"])
     write_json("reports/train_history.json", {**result, **env})
     state = f"diverged in epoch {result['diverged_epoch']}" if result["diverged"] else "finished"
-    print(f"train: {state}; checkpoints for epochs {result['checkpoints']} in checkpoints/ ({env['threads']} threads)")
+    print(f"train: {state}; checkpoints for epochs {result['checkpoints']} in checkpoints/ ({env['threads']} threads, "
+          f"{env['device']})")
 
 
 if __name__ == "__main__":

@@ -129,3 +129,24 @@ def test_models_rebuild_from_their_spec():
         model.eval()
         other.eval()
         torch.testing.assert_close(other(x), model(x))
+
+
+def test_a_cuda_device_this_machine_lacks_fails_in_one_line():
+    from landscape.errors import LandscapeError
+    from landscape.runtime import resolve_device
+
+    assert str(resolve_device("cpu")) == "cpu"
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: nothing to refuse")
+    assert str(resolve_device("auto")) == "cpu"
+    with pytest.raises(LandscapeError, match=r"train.device = cuda:1: this machine has no CUDA device.*allowed here"):
+        resolve_device("cuda:1")
+
+
+def test_checkpoints_are_saved_from_cpu_tensors():
+    from landscape.training import to_cpu
+
+    sd = MLP(4, [3], "relu", 2).state_dict()
+    assert to_cpu(sd) is sd  # on the CPU already: the same object, so CPU checkpoint bytes do not change
+    meta = MLP(4, [3], "relu", 2, batch_norm=True).state_dict()
+    assert to_cpu({"m": meta})["m"] is meta

@@ -47,7 +47,7 @@ def spectral_density(
     start = op.num_products
     nodes, weights = [], []
     for _ in range(runs):
-        v = torch.randn(op.n, generator=g, dtype=torch.float64)
+        v = torch.randn(op.n, generator=g, dtype=torch.float64).to(op.device)
         evals, evecs, _, _ = lanczos_tridiagonal(op, v, steps)
         nodes.append(evals)
         weights.append(evecs[0, :] ** 2)

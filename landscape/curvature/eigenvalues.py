@@ -67,7 +67,7 @@ def lanczos_tridiagonal(
     dt = op.dtype
     m_max = min(max_steps, n)
     q = (start.double() / torch.linalg.vector_norm(start.double())).to(dt)
-    Q = torch.empty((m_max, n), dtype=dt)  # rows are written before use; no zero-fill of m×n
+    Q = torch.empty((m_max, n), dtype=dt, device=op.device)  # rows are written before use; no zero-fill of m×n
     alphas: list[float] = []
     betas: list[float] = []
     beta = 0.0
@@ -130,7 +130,7 @@ def lanczos(
     if start not in ("random", "random+gradient"):
         raise ValueError(f"start = {start!r}; allowed: 'random', 'random+gradient'")
     g = torch.Generator().manual_seed(seed)
-    start_vec = torch.randn(op.n, generator=g, dtype=op.dtype).double()  # drawn in the dtype the basis is kept in
+    start_vec = torch.randn(op.n, generator=g, dtype=op.dtype).double().to(op.device)  # the basis's dtype, on CPU
     start_vec /= torch.linalg.vector_norm(start_vec)
     gnorm = float(torch.linalg.vector_norm(op.grad.double()))
     if start == "random+gradient" and math.isfinite(gnorm) and gnorm > 0:
@@ -159,7 +159,7 @@ def lanczos(
         lam = float(vals[i])
         if not verify:
             return lam, b * abs(float(vecs[-1, i])) / max(abs(lam), 1e-30)
-        v = (vecs[:, i].to(basis.dtype) @ basis[:m]).double()
+        v = (vecs[:, i].to(dtype=basis.dtype, device=basis.device) @ basis[:m]).double()
         v /= torch.linalg.vector_norm(v)
         return lam, _rel_residual(op.matvec(v).double(), v, lam)
 
@@ -183,7 +183,7 @@ def power_iteration(op: HessianOperator, max_iters: int = 100, tol: float = 1e-4
     """Reference method: v ← Hv/‖Hv‖. Converges to the largest-*magnitude* eigenvalue (which may be
     negative). Stops when the measured residual ‖Hv − λv‖/|λ| (λ = vᵀHv) is ≤ ``tol``."""
     g = torch.Generator().manual_seed(seed)
-    v = torch.randn(op.n, generator=g, dtype=torch.float64)
+    v = torch.randn(op.n, generator=g, dtype=torch.float64).to(op.device)
     v /= torch.linalg.vector_norm(v)
     start = op.num_products
     lam, r, it = math.nan, math.inf, 0

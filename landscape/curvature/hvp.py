@@ -105,7 +105,7 @@ class MLPChunk:
             self.d1.append(d1)
             self.d2e.append(d2)
         logits = torch.addmm(self.lins[-1].bias, a, self.lins[-1].weight.t())
-        rows = torch.arange(len(y))
+        rows = torch.arange(len(y), device=logits.device)
         if loss == "mse":
             delta = logits.clone()
             delta[rows, y] -= 1
@@ -128,7 +128,8 @@ class MLPChunk:
         # terms: a_0 V_1ᵀ = a_0[:, var] V_1[:, var]ᵀ + 1 (V_1[:, const] c)ᵀ and (HV)_{W_1}[:, const] = (Σ_i Rδ_1,i) cᵀ,
         # so the two input-layer matrix products run on the varying columns only. Exact, not an approximation.
         x0 = self.a[0]
-        const = (x0 == x0[:1]).all(0) if len(x0) > 1 else torch.zeros(x0.shape[1], dtype=torch.bool)
+        const = (x0 == x0[:1]).all(0) if len(x0) > 1 else torch.zeros(x0.shape[1], dtype=torch.bool,
+                                                                        device=x0.device)
         self.const_idx = const.nonzero().squeeze(1)
         self.var_idx = (~const).nonzero().squeeze(1)
         self.const_val = x0[0, self.const_idx]
@@ -229,6 +230,7 @@ class HessianOperator:
         self.n = sum(p.numel() for p in self.params)
         self.N = len(x)
         self.dtype = self.params[0].dtype
+        self.device = self.params[0].device
         self.chunks = [(x[i : i + chunk_size], y[i : i + chunk_size]) for i in range(0, len(x), chunk_size)]
         self.loss_fn = loss_fn
         self.keep_graph = keep_graph
@@ -259,7 +261,7 @@ class HessianOperator:
     def _first_order(self) -> None:
         """L_P and ∇L_P; with ``keep_graph`` also the per-chunk first-order graphs for later products."""
         loss = 0.0
-        grad = torch.zeros(self.n, dtype=self.dtype)
+        grad = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         if self.analytic:
             for xc, yc in self.chunks:
                 c = MLPChunk(self.model, xc, yc, self.loss_kind)
@@ -287,15 +289,15 @@ class HessianOperator:
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """Hv (flat, in the model's dtype). ``v`` may be of any floating dtype."""
-        vs = self._split(v.to(self.dtype))
+        vs = self._split(v.to(device=self.device, dtype=self.dtype))
         if self.analytic:
-            out = torch.empty(self.n, dtype=self.dtype)
+            out = torch.empty(self.n, dtype=self.dtype, device=self.device)
             views = self._split(out)
             for k, c in enumerate(self._chunks_rop):
                 c.hvp(vs, views, accumulate=k > 0)
             self.num_products += 1
             return out.div_(self.N)
-        out = torch.zeros(self.n, dtype=self.dtype)
+        out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         for k, (xc, yc) in enumerate(self.chunks):
             if self.keep_graph:
                 g = self._graphs[k]

@@ -29,7 +29,7 @@ def hutchinson_trace(op: HessianOperator, samples: int, seed: int = 0) -> TraceR
     vals = []
     start = op.num_products
     for _ in range(samples):
-        z = torch.randint(0, 2, (op.n,), generator=g, dtype=op.dtype) * 2 - 1  # exact ±1 in any dtype
+        z = (torch.randint(0, 2, (op.n,), generator=g, dtype=op.dtype) * 2 - 1).to(op.device)  # exact ±1
         vals.append(float(z.double() @ op.matvec(z).double()))
     t = torch.tensor(vals, dtype=torch.float64)
     stderr = float(t.std(unbiased=True) / math.sqrt(samples)) if samples > 1 else math.nan
@@ -52,7 +52,7 @@ def hutchpp_trace(op: HessianOperator, samples: int, seed: int = 0) -> TraceResu
     start = op.num_products
 
     def rademacher() -> torch.Tensor:
-        return torch.randint(0, 2, (op.n, k), generator=g, dtype=torch.float64) * 2 - 1
+        return (torch.randint(0, 2, (op.n, k), generator=g, dtype=torch.float64) * 2 - 1).to(op.device)
 
     S, G = rademacher(), rademacher()
     HS = torch.stack([op.matvec(S[:, j]).double() for j in range(k)], 1)

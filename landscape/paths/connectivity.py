@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def train_copy(ckpt: dict[str, Any], train_cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
                data_seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The spawned copy trained from ``ckpt`` to ``train_cfg.epochs`` with batches drawn from ``data_seed``."""
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt).to(x.device)
     opt = make_optimizer(model, train_cfg)
     opt.load_state_dict(ckpt["optimizer_state"])
     batches = torch.Generator().manual_seed(data_seed)
@@ -72,15 +72,15 @@ def _path_rows(model: torch.nn.Module, thetas: torch.Tensor, ts: list[float], ke
 
 def connectivity(ckpt_dir: str | Path, data_root: str | Path, spawn_epoch: int, data_seed: int, points: int,
                  train_cfg: TrainConfig, batch_size: int = 4096, curve: str = "none",
-                 curve_epochs: int = 2) -> dict[str, Any]:
+                 curve_epochs: int = 2, device: str = "cpu") -> dict[str, Any]:
     """The record of ``reports/connectivity.json``: both copies, the line (and curve) with their barriers."""
     available = list_checkpoints(ckpt_dir)
     if spawn_epoch not in available:
         raise LandscapeError(f"connect.spawn_epoch = {spawn_epoch}: no checkpoint (training diverged or stopped at "
                              f"epoch {max(available) if available else None}); allowed: {sorted(available)}")
     last = max(available)
-    x, y = load_split(data_root, "train")
-    train, test = (x, y), load_split(data_root, "test")
+    x, y = (t.to(device) for t in load_split(data_root, "train"))
+    train, test = (x, y), tuple(t.to(device) for t in load_split(data_root, "test"))
     spawn = load_checkpoint(checkpoint_path(ckpt_dir, spawn_epoch))
     kind = spawn["optimizer"].get("loss", "cross_entropy")
     record: dict[str, Any] = {"spawn_epoch": spawn_epoch, "data_seed": data_seed, "train_seed": train_cfg.seed,
@@ -88,7 +88,7 @@ def connectivity(ckpt_dir: str | Path, data_root: str | Path, spawn_epoch: int, 
     if last < train_cfg.epochs:
         record["skipped"] = f"the main run has no checkpoint of epoch {train_cfg.epochs} (it stopped at {last})"
         return record
-    main = model_from_checkpoint(load_checkpoint(checkpoint_path(ckpt_dir, train_cfg.epochs)))
+    main = model_from_checkpoint(load_checkpoint(checkpoint_path(ckpt_dir, train_cfg.epochs))).to(device)
     copy, info = train_copy(spawn, train_cfg, x, y, data_seed)
     record["copy"] = info
     if info["diverged"]:
@@ -96,7 +96,7 @@ def connectivity(ckpt_dir: str | Path, data_root: str | Path, spawn_epoch: int, 
         return record
     theta_a, theta_b = flatten(main), flatten(copy)
     alphas = alpha_grid(points)
-    a = torch.tensor(alphas, dtype=theta_a.dtype)[:, None]
+    a = torch.tensor(alphas, dtype=theta_a.dtype, device=theta_a.device)[:, None]
     rows, summary = _path_rows(main, (1 - a) * theta_a + a * theta_b, alphas, "alpha", train, test, batch_size, kind)
     record.update({"distance": float((theta_b - theta_a).double().norm()), "batch_norm": BN_NOTE[has_batch_norm(main)],
                    "alpha": alphas, "loss": [r["loss"] for r in rows], "test_loss": [r["test_loss"] for r in rows],

@@ -23,7 +23,7 @@ NORMALIZATIONS = ("filter", "layer", "none")
 
 def gaussian_like(model: nn.Module, generator: torch.Generator) -> list[torch.Tensor]:
     """One N(0, 1) tensor per parameter, in ``model.parameters()`` order, drawn from ``generator``."""
-    return [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in model.parameters()]
+    return [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in model.parameters()]
 
 
 def normalize(direction: list[torch.Tensor], params: list[torch.Tensor], kind: str) -> list[torch.Tensor]:

@@ -39,7 +39,7 @@ def line_losses(
 ) -> list[dict[str, Any]]:
     """One record per α: train loss (``loss``) and accuracy over the full train split, test loss/accuracy
     (batch-norm statistics recomputed on the train split at every α where the model has them)."""
-    a = torch.tensor(alphas, dtype=theta_a.dtype)[:, None]
+    a = torch.tensor(alphas, dtype=theta_a.dtype, device=theta_a.device)[:, None]
     thetas = (1.0 - a) * theta_a + a * theta_b
     res = evaluate_points(model, thetas, {"train": train, "test": test}, batch_size, loss, bn_data=train[0])
     return [{"alpha": alpha, "loss": float(res["train"][0][j]), "train_accuracy": float(res["train"][1][j]),
@@ -79,6 +79,7 @@ def interpolate_checkpoints(
     end_epoch: int,
     alphas: list[float],
     batch_size: int = 4096,
+    device: str = "cpu",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Loss along the line between two checkpoints; returns (rows, summary with the barrier heights)."""
     from landscape.checkpoints import checkpoint_path, load_checkpoint, model_from_checkpoint
@@ -88,12 +89,12 @@ def interpolate_checkpoints(
     ends = []
     for epoch in (start_epoch, end_epoch):
         ckpt = load_checkpoint(checkpoint_path(ckpt_dir, epoch))
-        ends.append(model_from_checkpoint(ckpt))
+        ends.append(model_from_checkpoint(ckpt).to(device))
     theta_a, theta_b = flatten(ends[0]), flatten(ends[1])
     for epoch, theta in ((start_epoch, theta_a), (end_epoch, theta_b)):
         if not torch.isfinite(theta).all():
             raise LandscapeError(f"the checkpoint of epoch {epoch} holds non-finite weights; choose a finite endpoint")
-    train, test = load_split(data_root, "train"), load_split(data_root, "test")
+    train, test = (tuple(t.to(device) for t in load_split(data_root, split)) for split in ("train", "test"))
     kind = ckpt["optimizer"].get("loss", "cross_entropy")
     rows = line_losses(ends[0], theta_a, theta_b, alphas, train, test, batch_size, kind)
     summary = {
@@ -117,6 +118,7 @@ def line_between_checkpoints(
     alpha_min: float,
     alpha_max: float,
     batch_size: int,
+    device: str = "cpu",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The interpolate stage: resolve the endpoints (a diverged run falls back to its last finite checkpoint,
     with a note), evaluate the α grid, and summarize; an empty line when only one finite checkpoint exists."""
@@ -124,7 +126,7 @@ def line_between_checkpoints(
     if start == end:  # training diverged before a second finite checkpoint existed
         return [], {"start_epoch": start, "end_epoch": end, "skipped": note}
     rows, summary = interpolate_checkpoints(ckpt_dir, data_root, start, end,
-                                            alpha_grid(points, alpha_min, alpha_max), batch_size)
+                                            alpha_grid(points, alpha_min, alpha_max), batch_size, device)
     if note:
         summary["note"] = note
     return rows, summary

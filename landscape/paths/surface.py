@@ -63,7 +63,7 @@ def loss_surface(
     }
 
 
-def surface_of_checkpoint(ckpt_dir: str, data_root: str, inp: Any) -> dict[str, Any]:
+def surface_of_checkpoint(ckpt_dir: str, data_root: str, inp: Any, device: str = "cpu") -> dict[str, Any]:
     """The surface stage: the checkpoint of ``inp.epoch`` (the last finite one, with a note, when training
     diverged before it) on ``inp.split``; the record of reports/surface.json."""
     from landscape.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, model_from_checkpoint
@@ -82,14 +82,14 @@ def surface_of_checkpoint(ckpt_dir: str, data_root: str, inp: Any) -> dict[str, 
         log.warning(note)
         epoch = available[-1]
     ckpt = load_checkpoint(checkpoint_path(ckpt_dir, epoch))
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt).to(device)
     kind = ckpt["optimizer"].get("loss", "cross_entropy")
-    train = load_split(data_root, "train")
+    train = tuple(t.to(device) for t in load_split(data_root, "train"))
     if inp.split == "probe":
         idx = probe_indices(len(train[0]), inp.probe_samples, inp.probe_seed)
         data = (train[0][idx], train[1][idx])
     else:
-        data = train if inp.split == "train" else load_split(data_root, "test")
+        data = train if inp.split == "train" else tuple(t.to(device) for t in load_split(data_root, "test"))
     record = loss_surface(model, data, inp.points, inp.range, inp.normalization, inp.seed, inp.orthogonalize,
                           inp.eval_batch_size, kind, bn_data=train[0])
     return {"epoch": epoch, "split": inp.split, **({"note": note} if note else {}), **record}

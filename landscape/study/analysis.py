@@ -4,8 +4,9 @@ Reads every finished run of an MLflow experiment (analysis runs, unfinished, inc
 skipped and listed), takes each geometry measure at the final probed epoch and the generalization gap (test −
 train loss; test − train error), and reports Kendall's τ_b with a seeded bootstrap 95% interval over runs and
 the granulated Ψ of Jiang et al. 2020 over the hyperparameter axes that vary (seeds are replicates, not axes:
-they are fixed within groups and not averaged into Ψ). Writes ``report.md``, ``analysis.json`` and figures, and
-logs them as an MLflow run in the same experiment (tag ``landscape.analysis``) that names the runs it used.
+runs that differ only in their seeds fall into the same group, so each group's τ is over all its seeds).
+Writes ``report.md``, ``analysis.json`` and figures, and logs them as an MLflow run in the same experiment (tag
+``landscape.analysis``) that names the runs it used.
 """
 
 from __future__ import annotations
@@ -84,8 +85,11 @@ def _number(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def collect(client: Any, experiment_id: str) -> tuple[list[RunRow], list[dict[str, str]]]:
-    """The usable runs of the experiment and the skipped ones, each with the reason."""
+def collect(client: Any, experiment_id: str, min_train_accuracy: float | None = None
+            ) -> tuple[list[RunRow], list[dict[str, str]]]:
+    """The usable runs of the experiment and the skipped ones, each with the reason. With
+    ``min_train_accuracy``, runs that did not fit the training set that well are skipped too (Jiang et al.
+    2020 compare only networks trained to the same training-loss criterion)."""
     rows, skipped = [], []
     for run in client.search_runs([experiment_id], max_results=50000):
         tags, name = run.data.tags, run.info.run_name
@@ -103,6 +107,8 @@ def collect(client: Any, experiment_id: str) -> tuple[list[RunRow], list[dict[st
             train_acc, test_acc = m.get("accuracy/train"), m.get("accuracy/test")
             if m.get("loss/generalization_gap") is None or train_acc is None or test_acc is None:
                 why = "no final losses/accuracies logged"
+            elif min_train_accuracy is not None and train_acc < min_train_accuracy:
+                why = f"train accuracy {train_acc:.3f} < {min_train_accuracy} (did not fit the training set)"
         if why is not None:
             skipped.append({"run_id": run.info.run_id, "name": name, "reason": why})
             continue
@@ -134,8 +140,6 @@ def correlations(rows: list[RunRow], axes: list[str], resamples: int = 2000, see
             y = [r.gaps[gap] for r in usable]
             entry[gap] = {"tau": kendall_tau_b(x, y), "interval": bootstrap_interval(x, y, resamples, seed=seed),
                           **granulated(hp, x, y, psi_axes)}
-            if len(psi_axes) < len(axes):  # seeds: reported, not averaged into Ψ
-                entry[gap]["seed_axes"] = granulated(hp, x, y, [a for a in axes if a.endswith(".seed")])["axes"]
         out[name] = entry
     return out
 
@@ -148,11 +152,13 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
                     corr: dict[str, Any]) -> str:
     psi_axes = [a for a in axes if not a.endswith(".seed")]
     lines = [f"# Geometry against generalization: experiment `{experiment}`", "",
-             f"{len(rows)} runs used, {len(skipped)} skipped. Measures at the final probed epoch; gaps: loss gap = "
-             "test − train loss, error gap = test − train error (full splits). τ = Kendall's τ_b over runs with a "
+             f"{len(rows)} runs used, {len(skipped)} skipped (listed at the end). Measures at the final probed "
+             "epoch; gaps: loss gap = test − train loss, error gap = test − train error (full splits). "
+             "τ = Kendall's τ_b over runs with a "
              "seeded percentile-bootstrap 95% interval (2,000 resamples of runs); Ψ = mean over the axes "
              f"{', '.join(f'`{a}`' for a in psi_axes) or '(none)'} of the mean τ within groups where only that "
-             "axis varies (Jiang et al. 2020); groups per axis in parentheses.", ""]
+             "axis varies (Jiang et al. 2020); groups per axis in parentheses. Seeds are replicates, not an axis: "
+             "runs that differ only in their seed share a group.", ""]
     for gap, what in GAPS.items():
         lines += [f"## {gap} ({what})", "",
                   "| measure | runs | τ | 95% interval | Ψ | " + " | ".join(f"ψ `{a}`" for a in psi_axes) + " |",
@@ -174,7 +180,7 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
 
 
 def analyze(experiment: str, out_dir: Path, uri: str | None = None, resamples: int = 2000, seed: int = 0,
-            log_run: bool = True) -> dict[str, Any]:
+            log_run: bool = True, min_train_accuracy: float | None = None) -> dict[str, Any]:
     """Run the analysis of one MLflow experiment into ``out_dir``; return the analysis record."""
     from landscape.tracking import failures_name_the_store, prepare_env, repo_root, tracking_uri
 
@@ -189,7 +195,7 @@ def analyze(experiment: str, out_dir: Path, uri: str | None = None, resamples: i
             names = [e.name for e in client.search_experiments(max_results=50)]
             raise LandscapeError(f"no MLflow experiment '{experiment}' in {uri}; experiments there: "
                                  f"{', '.join(names) or 'none'}")
-        rows, skipped = collect(client, exp.experiment_id)
+        rows, skipped = collect(client, exp.experiment_id, min_train_accuracy)
         if len(rows) < MIN_RUNS:
             raise LandscapeError(f"experiment '{experiment}' has {len(rows)} usable run(s) ({len(skipped)} skipped); "
                                  f"a rank correlation needs at least {MIN_RUNS}")
@@ -202,6 +208,7 @@ def analyze(experiment: str, out_dir: Path, uri: str | None = None, resamples: i
         corr = correlations(rows, axes, resamples, seed)
         out_dir.mkdir(parents=True, exist_ok=True)
         record = {"experiment": experiment, "experiment_id": exp.experiment_id, "axes": axes,
+                  "min_train_accuracy": min_train_accuracy,
                   "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95},
                   "runs": [{"run_id": r.run_id, "name": r.name, "axes": {a: r.params.get(a) for a in axes},
                             "measures": r.measures, "gaps": r.gaps} for r in rows],

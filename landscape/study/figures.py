@@ -22,8 +22,15 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _order(level: str) -> tuple:
+    try:
+        return (0, float(level.strip("'")), level)
+    except ValueError:
+        return (1, len(level), level)
+
+
 def _colors(values: list[Any]) -> tuple[list[Any], dict[str, Any]]:
-    levels = sorted({repr(v) for v in values}, key=lambda s: (len(s), s))
+    levels = sorted({repr(v) for v in values}, key=_order)
     cmap = plt.get_cmap("viridis", max(len(levels), 2))
     lut = {lv: cmap(i) for i, lv in enumerate(levels)}
     return [lut[repr(v)] for v in values], lut
