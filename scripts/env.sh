@@ -19,4 +19,13 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/pip" install --quiet -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
   touch "$venv/.complete"
 fi
+# The `landscape` command. The environment is shared by every clone on the machine, so the command runs the
+# package of the repository it is called in (not one clone's, as `pip install -e .` would).
+cat > "$venv/bin/landscape.tmp.$$" <<'LAUNCHER'
+#!/bin/sh
+root=$(git rev-parse --show-toplevel 2>/dev/null || pwd)
+[ -d "$root/landscape" ] || { echo "error: run landscape inside a clone of the landscape repository" >&2; exit 2; }
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$(dirname "$0")/python" -m landscape "$@"
+LAUNCHER
+chmod +x "$venv/bin/landscape.tmp.$$" && mv "$venv/bin/landscape.tmp.$$" "$venv/bin/landscape"
 ln -sfn "$venv" .venv

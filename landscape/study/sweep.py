@@ -39,6 +39,7 @@ class SweepResult:
     succeeded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # name -> last error line
     runs: dict[str, str] = field(default_factory=dict)  # name -> MLflow run id
+    nodes: dict[str, str] = field(default_factory=dict)  # name -> the Ray node that ran it (engine ray)
 
 
 def point_run_key(params: dict[str, Any], code: str, dataset: dict[str, Any]) -> str:
@@ -202,6 +203,8 @@ def report(result: SweepResult) -> str:
     for name, why in sorted(result.failed.items()):
         point = next(p for p in g.points if p.name == name)
         lines.append(f"  FAILED {name} ({point.label()}): {why}")
+    if result.nodes:
+        lines.append(f"  Ray nodes used: {len(set(result.nodes.values()))}")
     if result.failed:
         lines.append("  rerun `landscape sweep` to run only the failed and missing points")
     return "\n".join(lines)
