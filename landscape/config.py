@@ -102,12 +102,12 @@ class TrainConfig(_Group):
             return v
         raise ValueError("allowed: auto (cuda when available, else cpu), cpu, cuda, cuda:N")
 
-    @field_validator("batch_size")
+    @field_validator("batch_size", mode="before")
     @classmethod
-    def _batch_size(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be a positive integer or 'full' (full-batch gradient descent)")
-        return v
+    def _batch_size(cls, v: object) -> object:
+        if v == "full" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("allowed: a positive integer or 'full' (full-batch gradient descent)")
 
     @model_validator(mode="after")
     def _nesterov(self) -> TrainConfig:

@@ -74,6 +74,21 @@ CASES = [
     ("train.threads", 0, ["train.threads", "greater than or equal to 1"]),
     ("probe.top_k", 40, ["probe.top_k = 40", "probe.top_k < probe.lanczos_iters"]),
     ("track.run_name", "   ", ["track.run_name", "visible character"]),
+    # the surface and connect stages
+    ("surface.points", 2, ["surface.points", "greater than or equal to 3"]),
+    ("surface.range", 0.0, ["surface.range", "greater than 0"]),
+    ("surface.normalization", "per-filter", ["surface.normalization", "'filter'", "'layer'", "'none'"]),
+    ("surface.split", "val", ["surface.split", "'train'", "'test'", "'probe'"]),
+    ("surface.epoch", 11, ["surface.epoch = 11", "no checkpoint", "saved epochs"]),
+    ("connect.spawn_epoch", 10, ["connect.spawn_epoch = 10", "a saved epoch before the last"]),
+    ("connect.data_seed", 0, ["connect.data_seed = 0 equals train.seed", "same mini-batch order"]),
+    ("connect.curve", "spline", ["connect.curve", "'none'", "'bezier'"]),
+    ("probe.adaptive_radius", 0.0, ["probe.adaptive_radius", "greater than 0"]),
+    ("probe.ascent_steps", 0, ["probe.ascent_steps", "greater than or equal to 1"]),
+    ("train.device", "gpu", ["train.device", "auto", "cuda:N"]),
+    ("train.batch_size", "half", ["train.batch_size", "'full'"]),
+    ("model.arch", "resnet", ["model.arch", "'mlp'", "'cnn'"]),
+    ("model.channels", [6], ["model.channels", "two filter counts"]),
 ]
 
 
