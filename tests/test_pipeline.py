@@ -236,14 +236,6 @@ def test_stage_file_accesses_match_dvc_yaml(project, monkeypatch, tmp_path):
     assert not problems, "\n".join(problems)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_ui_opens_on_the_runs(project, monkeypatch, tmp_path):
     """`make ui` (python -m landscape ui): a real MLflow UI on loopback; the printed runs page and one run's
     metric history through MLflow's REST API; where Chromium is installed, the page as a browser renders it."""
@@ -251,13 +243,14 @@ def test_mlflow_ui_opens_on_the_runs(project, monkeypatch, tmp_path):
     import re
     import shutil
     import signal
-    import time
     import urllib.parse
     import urllib.request
 
+    from landscape.study.cluster import free_port, wait_http
+
     reproduce(project, monkeypatch)
     run_info = json.loads((project / "reports/mlflow_run.json").read_text())
-    port = _free_port()
+    port = free_port()
     env = stage_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     server = subprocess.Popen([sys.executable, "-m", "landscape", "ui", "--port", str(port)], cwd=project, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
@@ -267,14 +260,7 @@ def test_mlflow_ui_opens_on_the_runs(project, monkeypatch, tmp_path):
         assert url == (f"http://127.0.0.1:{port}/#/experiments/{run_info['experiment_id']}/runs"
                        "?workflowType=machine_learning"), first
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow ui did not start"
-                time.sleep(0.5)
+        wait_http(f"{base}/health", proc=server)
 
         def api(path: str, body: dict | None = None) -> dict:
             req = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", method="POST" if body else "GET",

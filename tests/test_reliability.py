@@ -4,7 +4,6 @@ MLflow faults (a real server), parallel queued experiments, data integrity. Real
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from landscape.study.cluster import free_port, wait_http
 from tests.pipeline import make_project, set_params, stage_env
 from tests.test_config import CASES, DEFAULT, with_change
 
@@ -203,15 +203,10 @@ def test_a_stage_outside_the_environment_says_how_to_enter_it(reference):
     assert "cannot import torch" in err[0] and "source .venv/bin/activate" in err[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_tracking_server_down_then_up(tmp_path):
     project = make_project(tmp_path / "project")
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     env = stage_env(MLFLOW_TRACKING_URI=uri)
     proc = dvc(project, "repro", env=env)
@@ -232,16 +227,7 @@ def test_tracking_server_down_then_up(tmp_path):
                               cwd=server_dir, env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
-        import urllib.request
-
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
+        wait_http(f"{uri}/health", proc=server)
         again = dvc(project, "repro", env=env)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert ran_stages(again) == ["track"]  # nothing upstream recomputed
