@@ -93,6 +93,7 @@ def test_surface_of_a_quadratic_loss_equals_the_analytic_value_at_every_grid_poi
 
     L0 = per_example_loss(torch.func.functional_call(model, unflatten(t, model), (x,)), y, "mse").mean()
     (g,) = torch.autograd.grad(L0, t)
+    L0 = L0.detach()
     rec = loss_surface(model, (x, y), points=5, extent=0.7, normalization="layer", seed=3, loss="mse")
     delta, eta = plane_directions(model, "layer", 3)
     for i, yv in enumerate(rec["y"]):
