@@ -61,7 +61,7 @@ def train_control_point(
             opt.zero_grad()
             value.backward()
             opt.step()
-            total += float(value) * len(idx)
+            total += float(value.detach()) * len(idx)
             seen += len(idx)
         history.append(total / seen)
     work.eval()
