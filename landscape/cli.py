@@ -41,7 +41,7 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from landscape.study.grid import load_grid
+    from landscape.runner.grid import load_grid
     from landscape.tracking import repo_root
 
     root = repo_root()
@@ -53,14 +53,14 @@ def _sweep(args: argparse.Namespace) -> int:
             print(f"  {p.name}: {p.label()}")
         return 0
     if args.engine == "ray":
-        from landscape.study.ray_engine import run_ray
+        from landscape.runner.ray_engine import run_ray
 
         result = run_ray(grid, root, args.address, args.remote, args.dvc_remote)
     else:
-        from landscape.study.sweep import run_local
+        from landscape.runner.sweep import run_local
 
         result = run_local(grid, root, jobs=args.jobs)
-    from landscape.study.sweep import report
+    from landscape.runner.sweep import report
 
     print(report(result))
     return 1 if result.failed else 0

@@ -5,4 +5,4 @@
 #   scripts/cluster.sh stop  [--dir .cluster]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python -m landscape.study.cluster "$@"
+exec .venv/bin/python -m landscape.runner.cluster "$@"

@@ -246,7 +246,7 @@ def test_mlflow_ui_opens_on_the_runs(project, monkeypatch, tmp_path):
     import urllib.parse
     import urllib.request
 
-    from landscape.study.cluster import free_port, wait_http
+    from landscape.runner.cluster import free_port, wait_http
 
     reproduce(project, monkeypatch)
     run_info = json.loads((project / "reports/mlflow_run.json").read_text())

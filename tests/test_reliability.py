@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from landscape.study.cluster import free_port, wait_http
+from landscape.runner.cluster import free_port, wait_http
 from tests.pipeline import make_project, set_params, stage_env
 from tests.test_config import CASES, DEFAULT, with_change
 

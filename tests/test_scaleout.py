@@ -40,7 +40,7 @@ def test_ray_sweep_refuses_a_dirty_tree_and_unreachable_services_in_seconds(tmp_
     proc = _sweep(project, "sweeps/tiny.yaml", "--engine", "ray", "--address", "127.0.0.9:1", env=env)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(err) == 1 and "Ray head 127.0.0.9:1 is unreachable" in err[0], proc.stderr
-    from landscape.study.cluster import free_port
+    from landscape.runner.cluster import free_port
 
     port = free_port("127.0.0.2")
     import socket
@@ -60,10 +60,10 @@ def test_ray_sweep_refuses_a_dirty_tree_and_unreachable_services_in_seconds(tmp_
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    from landscape.study.cluster import start_mlflow_server, start_postgres, stop_pid, stop_postgres
+    from landscape.runner.cluster import start_mlflow_server, start_postgres, stop_pid, stop_postgres
 
     try:
-        from landscape.study.cluster import _pg
+        from landscape.runner.cluster import _pg
 
         _pg("initdb")
     except RuntimeError as exc:

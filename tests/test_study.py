@@ -10,7 +10,7 @@ import scipy.stats
 import yaml
 
 from landscape.study.correlation import bootstrap_interval, granulated, kendall_tau_b
-from landscape.study.grid import GridError, apply_overrides, dvc_set_args, load_grid
+from landscape.runner.grid import GridError, apply_overrides, dvc_set_args, load_grid
 from landscape.study.stability import stability_summary
 
 

@@ -1,2 +1,3 @@
-"""Questions across runs: sweep grids and their execution, the stability trajectory of one run, and the
-cross-run analysis of geometry against generalization (Kendall τ with bootstrap intervals, granulated Ψ)."""
+"""Statistics across runs: the stability trajectory of one run, and the cross-run analysis of geometry against
+generalization (Kendall τ_b with cluster-bootstrap intervals, Jiang et al.'s granulated Ψ), with its figures.
+Running the runs is :mod:`landscape.runner`."""

@@ -1,4 +1,4 @@
-"""Run a sweep grid (:mod:`landscape.study.grid`) as real DVC experiments, one MLflow parent run per point.
+"""Run a sweep grid (:mod:`landscape.runner.grid`) as real DVC experiments, one MLflow parent run per point.
 
 ``--engine local`` (the default) uses DVC's own machinery: ``dvc exp run --queue -n <point> -S k=v …`` for
 every point, then ``dvc queue start -j N``; every point runs the whole pipeline in its own temporary
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from landscape.errors import LandscapeError
 from landscape.provenance import code_digest, data_digest
-from landscape.study.grid import Grid, Point, apply_overrides, dvc_set_args
+from landscape.runner.grid import Grid, Point, apply_overrides, dvc_set_args
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 ``mlflow server`` on it with served artifacts, and a Ray head. Used by ``scripts/cluster.sh`` and by the tests
 (which start their own Ray nodes with ``ray.cluster_utils.Cluster``).
 
-    python -m landscape.study.cluster start [--dir .cluster] [--host HOST] [--ray-port 6379] [--mlflow-port 5001]
-    python -m landscape.study.cluster stop  [--dir .cluster]
+    python -m landscape.runner.cluster start [--dir .cluster] [--host HOST] [--ray-port 6379] [--mlflow-port 5001]
+    python -m landscape.runner.cluster stop  [--dir .cluster]
 
 Everything lives in ``--dir`` (data, logs, and ``state.json`` with the PIDs); ``stop`` ends exactly the
 processes it started, by PID — never ``ray stop``, which kills every Ray process on the machine. PostgreSQL
@@ -178,7 +178,7 @@ def stop_ray(temp_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m landscape.study.cluster", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m landscape.runner.cluster", description=__doc__.split("\n")[0])
     ap.add_argument("action", choices=("start", "stop"))
     ap.add_argument("--dir", default=".cluster")
     ap.add_argument("--host", default="127.0.0.1", help="the address other machines reach this one at")
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
           "on every other machine (with this repository's environment):\n"
           f"  {ray['join']}\n"
           f"  export MLFLOW_TRACKING_URI={ml['uri']}\n"
-          f"stop: python -m landscape.study.cluster stop --dir {args.dir}")
+          f"stop: python -m landscape.runner.cluster stop --dir {args.dir}")
     return 0
 
 

@@ -27,8 +27,8 @@ from typing import Any
 from tqdm import tqdm
 
 from landscape.errors import LandscapeError
-from landscape.study.grid import Grid, Point, dvc_set_args
-from landscape.study.sweep import SweepResult, finished_points, prepare_experiment
+from landscape.runner.grid import Grid, Point, dvc_set_args
+from landscape.runner.sweep import SweepResult, finished_points, prepare_experiment
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def run_ray(grid: Grid, root: Path, address: str | None, remote: str = "origin",
         result.nodes = nodes
     finally:
         ray.shutdown()
-    from landscape.study.sweep import _runs_by_exp_name
+    from landscape.runner.sweep import _runs_by_exp_name
 
     result.runs.update(_runs_by_exp_name(grid.experiment, root, result.succeeded))
     return result
