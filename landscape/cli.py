@@ -4,7 +4,8 @@
     landscape analyze --experiment NAME [--out DIR]      geometry against generalization across its runs
     landscape ui [--port 5000] [--host 127.0.0.1]        MLflow UI on the pipeline's store (the runs page)
 
-Errors end in one line on stderr and a non-zero exit (2 for bad input).
+Errors end in one line on stderr and a non-zero exit: 2 for bad input or an unusable environment (found before
+any work), 1 when the work failed, 130 after Ctrl-C (saying what keeps running).
 """
 
 from __future__ import annotations
@@ -18,16 +19,34 @@ from pathlib import Path
 from landscape import runtime  # noqa: F401 - sets the offline environment first
 
 
+def _root() -> Path:
+    """The repository root; the commands refuse to run elsewhere (a subdirectory has no params.yaml, and the
+    default store ``mlflow.db`` would silently be a new, empty one there)."""
+    import subprocess
+
+    from landscape.errors import InputError
+
+    here = Path.cwd().resolve()
+    out = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    top = Path(out.stdout.strip()).resolve() if out.returncode == 0 else None
+    if top is None or not (top / "dvc.yaml").is_file():
+        raise InputError(f"{here} is not inside a clone of the landscape repository; allowed: its root")
+    if top != here:
+        raise InputError(f"run landscape from the repository root {top}, not {here}")
+    return top
+
+
 def _ui(args: argparse.Namespace) -> int:
     from landscape.config import ConfigError
     from landscape.params_file import load_params
-    from landscape.tracking import repo_root, runs_page_url, tracking_uri, ui_experiment_id
+    from landscape.tracking import runs_page_url, tracking_uri, ui_experiment_id
 
+    root = _root()
     try:
         experiment = args.experiment or load_params().track.experiment
     except ConfigError:
         experiment = "landscape"
-    uri = tracking_uri(repo_root())
+    uri = tracking_uri(root)
     base = f"http://{args.host}:{args.port}"
     exp_id = ui_experiment_id(uri, experiment)
     if exp_id is None:
@@ -42,9 +61,8 @@ def _ui(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from landscape.runner.grid import load_grid
-    from landscape.tracking import repo_root
 
-    root = repo_root()
+    root = _root()
     grid = load_grid(args.grid, root / "params.yaml")
     print(f"sweep {grid.name}: {len(grid.points)} points over {', '.join(grid.axes)} -> MLflow experiment "
           f"'{grid.experiment}'")
@@ -69,6 +87,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     from landscape.study.analysis import analyze
 
+    _root()
     out = Path(args.out or f"reports/study/{args.experiment}")
     record = analyze(args.experiment, out, resamples=args.resamples, seed=args.seed, log_run=not args.no_log,
                      min_train_accuracy=args.min_train_accuracy)
@@ -108,14 +127,26 @@ def main(argv: list[str] | None = None) -> int:
     from landscape.config import ConfigError
     from landscape.errors import LandscapeError
 
+    from landscape.errors import InputError
+    from landscape.runner.sweep import SweepInterrupted
+
     try:
         return args.func(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SweepInterrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except LandscapeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

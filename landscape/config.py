@@ -182,7 +182,7 @@ class SurfaceConfig(_Group):
 class ConnectConfig(_Group):
     enabled: bool = True
     spawn_epoch: int = Field(default=0, ge=0)
-    data_seed: int = Field(default=1, ge=0, le=MAX_SEED)
+    data_seed: int | None = Field(default=None, ge=0, le=MAX_SEED)  # None: derived from train.seed
     points: int = Field(default=21, ge=3, le=1001)
     curve: Literal["none", "bezier"] = "none"
     curve_epochs: int = Field(default=2, ge=1, le=10000)
@@ -261,7 +261,8 @@ class Params(_Group):
         if self.connect.enabled and self.connect.data_seed == self.train.seed:
             raise ConfigError(
                 f"params.yaml: connect.data_seed = {self.connect.data_seed} equals train.seed: the second copy would "
-                "see the same mini-batch order; allowed: any other seed",
+                "see the same mini-batch order; allowed: null (derived from train.seed, never equal to it) or any "
+                "other seed",
                 key="connect.data_seed",
             )
         de = self.probe.density_epochs
@@ -334,6 +335,16 @@ def surface_epoch(params: Any) -> int:
     """``surface.epoch``, with null meaning the last epoch (``train.epochs``)."""
     epoch = params.surface.epoch
     return params.train.epochs if epoch is None else epoch
+
+
+DATA_SEED_OFFSET = 0x9E3779B9  # 2654435769, the golden-ratio constant: far from the small seeds grids use
+
+
+def connect_data_seed(params: Any) -> int:
+    """The copy's mini-batch order seed: ``connect.data_seed``, or when null (train.seed + 2654435769) mod 2³²,
+    which never equals train.seed, so a grid over ``train.seed`` needs no per-point copy seed."""
+    seed = params.connect.data_seed
+    return (params.train.seed + DATA_SEED_OFFSET) % (MAX_SEED + 1) if seed is None else seed
 
 
 def resolved_end_epoch(params: Any) -> int:

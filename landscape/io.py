@@ -1,7 +1,11 @@
-"""Atomic writes and plain reads of JSON and tensor files.
+"""Atomic writes and plain reads of JSON, YAML and tensor files.
 
 Every output is written to a temporary file in the same directory and renamed over the target, so a
 reader (or DVC) sees either the previous complete file or the new complete file, never a partial one.
+
+YAML is read with YAML 1.2's float rule (:class:`Yaml12Loader`): DVC writes params.yaml and dvc.lock with a
+YAML 1.2 writer, which emits ``1e-05`` (no dot, no exponent sign); PyYAML's YAML 1.1 rule reads that back as
+the *string* '1e-05'. Every reader of params.yaml, grids and dvc.lock goes through :func:`read_yaml`.
 """
 
 from __future__ import annotations
@@ -10,10 +14,38 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# YAML 1.2 core schema floats (a dot or an exponent is required, so integers stay integers; the exponent sign
+# is optional), plus YAML 1.1's .inf / .nan spellings and '_' separators, which PyYAML already accepted.
+_FLOAT_12 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                          |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                          |[-+]?\.(?:inf|Inf|INF)
+                          |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float rule: ``1e-05`` and ``1E5`` are floats, as DVC writes them."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _FLOAT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Yaml12Loader.add_implicit_resolver(_FLOAT_TAG, _FLOAT_12, list("-+0123456789."))
+
+
+def read_yaml(source: str | Path, loader: type[yaml.SafeLoader] = Yaml12Loader) -> Any:
+    """Parse YAML text, or the file at a Path, with YAML 1.2 floats (see the module docstring)."""
+    text = Path(source).read_text(encoding="utf-8") if isinstance(source, Path) else source
+    return yaml.load(text, Loader=loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:

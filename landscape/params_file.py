@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from landscape.config import GROUPS, ConfigError, Params
+from landscape.io import Yaml12Loader, read_yaml
 
 _ALIASES = {
     "learning_rate": "lr",
@@ -76,11 +77,12 @@ def parse_params(raw: Any) -> Params:
         raise ConfigError(line, key=key) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
+class _UniqueKeyLoader(Yaml12Loader):
+    """YAML's safe loader (YAML 1.2 floats), but a key given twice in one mapping is an error (PyYAML keeps the
+    last silently)."""
 
 
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _construct_mapping(loader: Yaml12Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -110,7 +112,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except OSError as exc:
         raise ConfigError(f"{path} cannot be read ({exc.strerror}); allowed: a readable YAML file") from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        raw = read_yaml(text, _UniqueKeyLoader)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""

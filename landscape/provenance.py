@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from landscape.io import read_yaml
+
 CODE_GLOBS = ("landscape/**/*.py", "stages/*.py")  # dvc.yaml computes nothing (and DVC forbids it as a dep)
 
 
@@ -47,7 +49,7 @@ def data_digest(dataset: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def run_key(params_path: Path, root: Path, dataset: dict[str, Any]) -> str:
-    raw = yaml.safe_load(Path(params_path).read_text())
+    raw = read_yaml(Path(params_path))
     payload = {"params": raw, "code": code_digest(root), "data": data_digest(dataset)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -81,8 +83,8 @@ def _lookup(raw: Any, dotted: str) -> Any:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal params values, tolerant of how dvc.lock writes floats: its YAML writer emits ``1e-08`` without a
-    dot, which a YAML 1.1 reader (PyYAML) reads back as the *string* '1e-08'."""
+    """Equal params values; strings that spell a number compare as that number (a belt to the braces of
+    :func:`landscape.io.read_yaml`, which already reads ``1e-08`` as a float)."""
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
@@ -104,10 +106,10 @@ def rerun_of_locked_state(stage: str, lock_path: str | Path = "dvc.lock",
     if not lock_path.is_file() or not params_path.is_file():
         return False
     try:
-        lock = yaml.safe_load(lock_path.read_text()) or {}
+        lock = read_yaml(lock_path) or {}
         locked = lock["stages"][stage]["params"]["params.yaml"]
-        current = yaml.safe_load(params_path.read_text()) or {}
-    except (KeyError, TypeError, yaml.YAMLError):
+        current = read_yaml(params_path) or {}
+    except (KeyError, TypeError, OSError, yaml.YAMLError):
         return False
     if not isinstance(locked, dict) or not locked:
         return False

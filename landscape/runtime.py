@@ -28,6 +28,17 @@ from typing import Any
 from landscape.errors import LandscapeError as StageError
 
 
+def remap_for_one_visible_gpu(name: str, env: dict[str, str] | os._Environ) -> str:
+    """``cuda:N`` → ``cuda:0`` inside a Ray task (``LANDSCAPE_ONE_VISIBLE_GPU=1``): Ray gives a task the GPU it
+    reserved as the only visible device (``CUDA_VISIBLE_DEVICES`` = that one id), so the index in params.yaml
+    names a GPU of some machine, not of the task; the params, and the run key, stay as written."""
+    if env.get("LANDSCAPE_ONE_VISIBLE_GPU") == "1" and name.startswith("cuda:") and name != "cuda:0":
+        logging.getLogger(__name__).info("train.device = %s: this Ray task sees one GPU (CUDA_VISIBLE_DEVICES=%s), "
+                                         "as cuda:0", name, env.get("CUDA_VISIBLE_DEVICES", "?"))
+        return "cuda:0"
+    return name
+
+
 def resolve_device(name: str) -> Any:
     """``train.device`` as a ``torch.device``: auto = cuda when available, else cpu. A CUDA device that this
     machine does not have stops the stage with one line, before any work."""
@@ -35,7 +46,7 @@ def resolve_device(name: str) -> Any:
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = torch.device(remap_for_one_visible_gpu(name, os.environ))
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise StageError(f"train.device = {name}: this machine has no CUDA device (torch {torch.__version__}); "
@@ -85,8 +96,10 @@ def run_stage(name: str, main: Callable[[], None], timing: bool = True) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except StageError as exc:
+        from landscape.errors import InputError
+
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if isinstance(exc, InputError) else 1)
     if timing:
         from landscape.io import write_json
 

@@ -124,7 +124,7 @@ def surface(p: Any) -> SurfaceInputs:
 
 def connect(p: Any) -> ConnectInputs:
     c = p.connect
-    return ConnectInputs(c.enabled, c.spawn_epoch, c.data_seed, c.points, c.curve, c.curve_epochs,
+    return ConnectInputs(c.enabled, c.spawn_epoch, config.connect_data_seed(p), c.points, c.curve, c.curve_epochs,
                          _copy(p.train, TrainConfig), p.probe.eval_batch_size)
 
 

@@ -7,7 +7,13 @@
 * Reuse: a run is keyed by :func:`landscape.provenance.run_key` (params, code, data; tag
   ``landscape.run_key``) and carries the digest of the result files it logged (tag
   ``landscape.outputs_digest``). A finished run is reused (nothing logged) only when both match the files on
-  disk; otherwise a new run is logged and the reason is said. An unfinished run (a crash) is deleted.
+  disk; otherwise a new run is logged and the reason is said. Writers of one store never lock each other out
+  (a server store has no lock): an unfinished run of the same key is deleted only when it stopped logging
+  more than :data:`STALE_RUN_S` ago (a crash), never while another writer may still be filling it; two
+  FINISHED runs of one key (two writers at once) are both kept and every reader picks the same one
+  (:func:`pick_run`).
+* Credentials: a tracking URI may carry ``user:password@``; it is written and printed only through
+  :func:`redact_uri`.
 * Metric names are grouped by prefix (``loss/``, ``curvature/``, ``sharpness/``, ``stability/``, …) because
   the MLflow UI groups charts by the part before ``/``. The JSON files keep their own keys.
 
@@ -22,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,8 @@ from landscape.provenance import code_digest, git_commit, outputs_digest, run_ke
 log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "landscape.run_key"
+LOGGING_TAG = "landscape.logging_started_ms"  # when the writer created the run (its start_time is the pipeline's)
+STALE_RUN_S = 3600.0  # an unfinished run whose writer started longer ago than this crashed (logging takes seconds)
 OUTPUTS_TAG = "landscape.outputs_digest"
 DEFAULT_STORE = "sqlite:///mlflow.db"  # relative to the repository root
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 opens on the runs, not GenAI
@@ -85,10 +94,31 @@ def tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
 
 
+def redact_uri(uri: str) -> str:
+    """The URI with any ``user:password@`` (or ``token@``) replaced by ``***@``: safe to write and print."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
+
+
 def recorded_store() -> str:
     """How the store is written into files committed to git: the default store relative to the repository
-    root (true in any clone), or the user's ``MLFLOW_TRACKING_URI`` as given."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
+    root (true in any clone), or the user's ``MLFLOW_TRACKING_URI`` as given, credentials redacted."""
+    return redact_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE)
+
+
+def client_for(root: Path | None = None) -> tuple[Any, str]:
+    """(MlflowClient, uri) for the store of ``root`` (``MLFLOW_TRACKING_URI`` or the root's mlflow.db)."""
+    prepare_env()
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(root)
+    return MlflowClient(tracking_uri=uri), uri
+
+
+def pick_run(runs: list[Any]) -> Any | None:
+    """The one FINISHED, complete run among ``runs`` that every reader chooses: the one that ended last (the
+    newest code, when the runs are one configuration at several code versions), ties broken by run id."""
+    done = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("landscape.complete") == "true"]
+    return max(done, key=lambda r: (r.info.end_time or 0, r.info.run_id), default=None)
 
 
 def prepare_env() -> None:
@@ -170,8 +200,9 @@ def failures_name_the_store(uri: str, hint: str = TRACK_HINT):
         raise
     except Exception as exc:
         log.debug("MLflow failure", exc_info=True)
-        detail = " ".join(str(exc).split())[:300]
-        raise LandscapeError(f"MLflow tracking at {uri} failed ({type(exc).__name__}: {detail}); {hint}") from None
+        detail = redact_uri(" ".join(str(exc).split()).replace(uri, redact_uri(uri)))[:300]
+        raise LandscapeError(f"MLflow tracking at {redact_uri(uri)} failed ({type(exc).__name__}: {detail}); "
+                             f"{hint}") from None
 
 
 def readable_run_name(flat_params: dict[str, Any], defaults: dict[str, Any], dataset: dict[str, Any]) -> str:
@@ -240,24 +271,32 @@ def log_pipeline(
         description = {"store": recorded_store(), "experiment_name": experiment, "experiment_id": exp_id,
                        "run_key": key}
         reason = "no run of this pipeline state yet"
-        for run in client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=50):
-            if run.info.status != "FINISHED":
-                log.warning("deleting unfinished run %s of the same pipeline state", run.info.run_id)
-                client.delete_run(run.info.run_id)
-            elif run.data.tags.get(OUTPUTS_TAG) == digest:
-                log.info("run %s already holds this pipeline state and these outputs; nothing new logged",
-                         run.info.run_id)
-                return {**description, "run_id": run.info.run_id, "run_name": run.info.run_name, "reused": True}
-            else:
+        same = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=50)
+        reusable = pick_run([r for r in same if r.data.tags.get(OUTPUTS_TAG) == digest])
+        if reusable is not None:
+            log.info("run %s already holds this pipeline state and these outputs; nothing new logged",
+                     reusable.info.run_id)
+            return {**description, "run_id": reusable.info.run_id, "run_name": reusable.info.run_name,
+                    "reused": True}
+        for run in same:
+            if run.info.status == "FINISHED":
                 reason = (f"run {run.info.run_id} has the same params, code and data but other outputs "
                           "(logged before the files on disk were recomputed)")
                 log.warning("%s; logging a new run", reason)
+            elif run.info.status in ("FAILED", "KILLED") or _stale(run):
+                log.warning("deleting run %s of the same pipeline state (%s; a writer that failed, or stopped more "
+                            "than %.0f s ago)", run.info.run_id, run.info.status, STALE_RUN_S)
+                client.delete_run(run.info.run_id)
+            else:  # another writer is filling it right now (a server store has no lock): leave it alone
+                log.warning("run %s of the same pipeline state is being written by another process; logging this "
+                            "one beside it (readers pick one deterministically)", run.info.run_id)
 
         history = read_json(files["history"])
         name = run_name or os.environ.get("DVC_EXP_NAME") or readable_run_name(flat_params, defaults, dataset)
         tags = {
             RUN_KEY_TAG: key,
             OUTPUTS_TAG: digest,
+            LOGGING_TAG: str(int(time.time() * 1000)),
             "mlflow.source.git.commit": git_commit(workdir),
             "landscape.code_digest": code_digest(workdir),
             "landscape.dataset": dataset.get("dataset", ""),
@@ -311,8 +350,18 @@ def log_pipeline(
             client.set_terminated(run_id, status="FAILED")
             raise
         client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
-        log.info("logged MLflow run %s (%s) to %s", run_id, name, uri)
+        log.info("logged MLflow run %s (%s) to %s", run_id, name, redact_uri(uri))
         return {**description, "run_id": run_id, "run_name": name, "reused": False}
+
+
+def _stale(run: Any) -> bool:
+    """An unfinished run whose writer started more than STALE_RUN_S ago (or never said when): a crash."""
+    started = run.data.tags.get(LOGGING_TAG)
+    try:
+        age_s = time.time() - int(started) / 1000
+    except (TypeError, ValueError):
+        return True  # written by a version without the tag: only a crash leaves those unfinished
+    return age_s > STALE_RUN_S
 
 
 TIMING_FIELDS = ("wall_time_s", "resumed_from")  # in train_history.json: how long and how, not what

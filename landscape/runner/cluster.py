@@ -1,18 +1,37 @@
 """Start and stop, on one box, what a multi-machine sweep needs: PostgreSQL (the MLflow backend store), an
-``mlflow server`` on it with served artifacts, and a Ray head. Used by ``scripts/cluster.sh`` and by the tests
-(which start their own Ray nodes with ``ray.cluster_utils.Cluster``).
+``mlflow server`` on it with served artifacts, and a Ray head. Used by ``scripts/cluster.sh`` and by the tests.
 
     python -m landscape.runner.cluster start [--dir .cluster] [--host HOST] [--ray-port 6379] [--mlflow-port 5001]
+                                             [--auth | --no-auth]
     python -m landscape.runner.cluster stop  [--dir .cluster]
 
-Everything lives in ``--dir`` (data, logs, and ``state.json`` with the PIDs); ``stop`` ends exactly the
-processes it started, by PID — never ``ray stop``, which kills every Ray process on the machine. PostgreSQL
-refuses to run as root: as root, its commands run as the ``postgres`` user.
+Safety (docs/scaling.md says what stays open and why):
+
+* ``--dir`` is created 0700 and every file in it 0600 (the Ray token, the database password, the MLflow
+  credentials); no secret is printed, logged or put on a command line: the start message says which file holds it.
+* PostgreSQL listens on 127.0.0.1 and its own socket only (only the MLflow server on this box talks to it). The
+  MLflow store belongs to a role ``mlflow`` that is not a superuser (no ``COPY … FROM PROGRAM``), with a
+  generated password checked by scram-sha-256 and handed to the server in a 0600 ``PGPASSFILE``; the cluster's
+  superuser can log in only through the local socket as the operating-system user that owns the data.
+* The MLflow server binds ``--host``; on any address other than loopback it starts with MLflow's basic-auth app
+  and a generated admin password (``--no-auth`` turns that off, ``--auth`` turns it on for loopback too).
+* The Ray head uses token authentication, ``--node-ip-address HOST``, no dashboard, and no metrics export (its
+  Prometheus ports take no token); Ray 2.60 still binds its gRPC ports (GCS, raylet, agents) on all interfaces,
+  and those need the token.
+* ``state.json`` is written as each service comes up, so ``stop`` finds everything even after a failed start,
+  and a failed start stops what it had started. ``stop`` ends every process of each service's own session
+  (PostgreSQL with ``pg_ctl stop``), escalates to SIGKILL, and checks that none is left.
+PostgreSQL refuses to run as root: as root, its commands run as the ``postgres`` user.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import hashlib
+import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -28,6 +47,11 @@ from pathlib import Path
 from typing import Any
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+DB_ROLE = "mlflow"
+
+
+class ClusterError(RuntimeError):
+    """A service could not start or stop; one line."""
 
 
 def _pg(tool: str) -> str:
@@ -36,7 +60,7 @@ def _pg(tool: str) -> str:
             return str(d / tool)
     found = shutil.which(tool)
     if found is None:
-        raise RuntimeError(f"PostgreSQL's {tool} is not installed (apt-get install postgresql)")
+        raise ClusterError(f"PostgreSQL's {tool} is not installed (apt-get install postgresql)")
     return found
 
 
@@ -47,17 +71,46 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd]
 
 
+def _run(cmd: list[str], what: str, stdin: str | None = None, timeout: float = 120) -> str:
+    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        last = [ln for ln in (out.stderr or out.stdout).splitlines() if ln.strip()][-1:] or ["no output"]
+        raise ClusterError(f"{what} failed: {last[0].strip()[:300]}")
+    return out.stdout
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read (created 0600 before anything is written)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def start_postgres(directory: Path, host: str = "127.0.0.1", port: int | None = None) -> dict[str, Any]:
-    """initdb + pg_ctl start in ``directory``; a database ``mlflow`` owned by user ``mlflow`` (trust auth on
-    ``host`` only). Returns {pgdata, host, port, uri} with a SQLAlchemy URI for MLflow."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port = port or free_port(host)
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """PostgreSQL's stored form of a scram-sha-256 password (RFC 5802/7677), so the clear password never reaches
+    the server, its log or a command line: SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
+
+
+def start_postgres(directory: Path, port: int | None = None) -> dict[str, Any]:
+    """initdb + pg_ctl start, listening on 127.0.0.1:``port`` and a private socket; a database ``mlflow`` owned by
+    the non-superuser role ``mlflow`` with a generated password in ``directory/pgpass`` (0600). Returns {pgdata,
+    socket_dir, host, port, uri (no password), pgpass}."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    port = port or free_port()
     if os.geteuid() == 0:  # the postgres user must own and reach its data: a directory of its own under /tmp
         home = Path(tempfile.mkdtemp(prefix="landscape-pg-"))
         shutil.chown(home, "postgres")
@@ -65,24 +118,33 @@ def start_postgres(directory: Path, host: str = "127.0.0.1", port: int | None = 
         home = directory
     pgdata = home / "pgdata"
     if not (pgdata / "PG_VERSION").exists():
-        subprocess.run(_as_postgres([_pg("initdb"), "-D", str(pgdata), "-U", "mlflow", "--auth=trust", "-E", "UTF8"]),
-                       check=True, capture_output=True, text=True)
-    subprocess.run(_as_postgres([_pg("pg_ctl"), "-D", str(pgdata), "-o", f"-h {host} -p {port} -k {home}",
-                                 "-l", str(home / "postgres.log"), "-w", "start"]),
-                   check=True, capture_output=True, text=True)
-    exists = subprocess.run(_as_postgres([_pg("psql"), "-h", host, "-p", str(port), "-U", "mlflow", "-d", "postgres",
-                                          "-tAc", "SELECT 1 FROM pg_database WHERE datname = 'mlflow'"]),
-                            capture_output=True, text=True)
-    if exists.stdout.strip() != "1":
-        subprocess.run(_as_postgres([_pg("createdb"), "-h", host, "-p", str(port), "-U", "mlflow", "mlflow"]),
-                       check=True, capture_output=True, text=True)
-    # postgresql+psycopg2: the bare postgresql:// scheme now selects psycopg 3, which is not installed
-    return {"pgdata": str(pgdata), "host": host, "port": port,
-            "uri": f"postgresql+psycopg2://mlflow@{host}:{port}/mlflow"}
+        _run(_as_postgres([_pg("initdb"), "-D", str(pgdata), "--auth-local=peer", "--auth-host=scram-sha-256",
+                           "-E", "UTF8"]), "initdb")
+    _run(_as_postgres([_pg("pg_ctl"), "-D", str(pgdata), "-o", f"-h 127.0.0.1 -p {port} -k {home}",
+                       "-l", str(home / "postgres.log"), "-w", "start"]), "pg_ctl start")
+    info = {"pgdata": str(pgdata), "socket_dir": str(home), "host": "127.0.0.1", "port": port,
+            "uri": f"postgresql+psycopg2://{DB_ROLE}@127.0.0.1:{port}/mlflow", "pgpass": str(directory / "pgpass")}
+    psql = _as_postgres([_pg("psql"), "-h", str(home), "-p", str(port), "-d", "postgres", "-v", "ON_ERROR_STOP=1",
+                         "-qtA"])
+    password = secrets.token_urlsafe(24)
+    exists = _run([*psql, "-c", f"SELECT 1 FROM pg_roles WHERE rolname = '{DB_ROLE}'"], "psql").strip() == "1"
+    verb = "ALTER" if exists else "CREATE"
+    # the verifier travels on stdin; the clear password only into the 0600 file the MLflow server reads
+    _run(psql, "psql (role)", stdin=f"{verb} ROLE {DB_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                                    f"PASSWORD '{scram_verifier(password)}';\n")
+    if _run([*psql, "-c", "SELECT 1 FROM pg_database WHERE datname = 'mlflow'"], "psql").strip() != "1":
+        _run([*psql, "-c", f"CREATE DATABASE mlflow OWNER {DB_ROLE}"], "psql (database)")
+    write_secret(Path(info["pgpass"]), f"127.0.0.1:{port}:mlflow:{DB_ROLE}:{password}\n")
+    return info
 
 
-def stop_postgres(pgdata: str) -> None:
-    subprocess.run(_as_postgres([_pg("pg_ctl"), "-D", pgdata, "-m", "fast", "-w", "stop"]), capture_output=True)
+def stop_postgres(pgdata: str, timeout: float = 30) -> None:
+    """``pg_ctl stop -m fast``; if the postmaster is still there, SIGKILL it; remove a /tmp home we made."""
+    subprocess.run(_as_postgres([_pg("pg_ctl"), "-D", pgdata, "-m", "fast", "-w", "-t", str(int(timeout)), "stop"]),
+                   capture_output=True)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int((Path(pgdata) / "postmaster.pid").read_text().split()[0])
+        stop_pid(pid, timeout=5, group=False)
     home = Path(pgdata).parent
     if home.name.startswith("landscape-pg-"):  # the directory start_postgres made for the postgres user
         shutil.rmtree(home, ignore_errors=True)
@@ -95,27 +157,63 @@ def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen | None = No
             urllib.request.urlopen(url, timeout=2)
             return
         except OSError:
-            if time.time() > deadline or (proc is not None and proc.poll() is not None):
-                raise RuntimeError(f"{url} did not answer within {timeout:.0f} s") from None
+            if proc is not None and proc.poll() is not None:
+                raise ClusterError(f"the server for {url} exited with code {proc.returncode} before answering "
+                                   "(see its log)") from None
+            if time.time() > deadline:
+                raise ClusterError(f"{url} did not answer within {timeout:.0f} s") from None
             time.sleep(0.5)
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def start_mlflow_server(backend_uri: str, artifacts: Path, host: str = "127.0.0.1", port: int | None = None,
-                        allowed_hosts: list[str] | None = None, log: Path | None = None) -> dict[str, Any]:
-    """``mlflow server`` on ``backend_uri`` with served artifacts in ``artifacts``; one worker and no job
-    execution (starts in ~10 s with ~0.6 GB instead of ~30 s and ~3.6 GB). Returns {pid, uri}."""
+                        allowed_hosts: list[str] | None = None, log: Path | None = None, pgpass: str | None = None,
+                        auth_dir: Path | None = None) -> dict[str, Any]:
+    """``mlflow server`` on ``backend_uri`` with served artifacts in ``artifacts``, in its own session; one worker
+    and no job execution (starts in ~10 s with ~0.6 GB instead of ~30 s and ~3.6 GB). ``pgpass``: the 0600
+    password file of the backend store. ``auth_dir``: start MLflow's basic-auth app there, with a generated admin
+    password in ``auth_dir/credentials`` (0600, in the form ``set -a; . FILE`` exports). Returns {pid, uri}."""
     port = port or free_port(host)
-    artifacts.mkdir(parents=True, exist_ok=True)
+    artifacts.mkdir(parents=True, exist_ok=True, mode=0o700)
     hosts = sorted({host, f"{host}:{port}", "localhost", f"localhost:{port}", *(allowed_hosts or [])})
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    if pgpass:
+        env["PGPASSFILE"] = pgpass
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
+           str(artifacts), "--serve-artifacts", "--host", host, "--port", str(port), "--workers", "1",
+           "--allowed-hosts", ",".join(hosts)]
+    info: dict[str, Any] = {}
+    if auth_dir is not None:
+        creds = auth_dir / "credentials"
+        # the auth app keeps its users in basic_auth.db and creates the admin only once: keep its password
+        old = creds.read_text().split("MLFLOW_TRACKING_PASSWORD=")[-1].strip() if creds.is_file() else ""
+        password = old if old and (auth_dir / "basic_auth.db").exists() else secrets.token_urlsafe(18)
+        write_secret(auth_dir / "basic_auth.ini", "[mlflow]\ndefault_permission = READ\n"
+                     f"database_uri = sqlite:///{auth_dir / 'basic_auth.db'}\nadmin_username = admin\n"
+                     f"admin_password = {password}\n"
+                     "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        write_secret(auth_dir / "credentials", f"MLFLOW_TRACKING_USERNAME=admin\nMLFLOW_TRACKING_PASSWORD={password}\n")
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_dir / "basic_auth.ini")
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_hex(32)  # CSRF protection of the auth app
+        cmd += ["--app-name", "basic-auth"]
+        info["credentials"] = str(auth_dir / "credentials")
     out = open(log, "w") if log else subprocess.DEVNULL  # the server keeps writing to it
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-                             "--artifacts-destination", str(artifacts), "--serve-artifacts", "--host", host,
-                             "--port", str(port), "--workers", "1", "--allowed-hosts", ",".join(hosts)],
-                            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    if log:
+        os.chmod(log, 0o600)
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://{host}:{port}"
-    wait_http(f"{uri}/health", proc=proc)
-    return {"pid": proc.pid, "uri": uri}
+    try:
+        wait_http(f"{uri}/health", proc=proc)
+    except ClusterError:
+        stop_pid(proc.pid)
+        raise
+    return {**info, "pid": proc.pid, "uri": uri}
 
 
 def _gone(pid: int) -> bool:
@@ -132,11 +230,48 @@ def _gone(pid: int) -> bool:
     return state == "Z"
 
 
-def stop_pid(pid: int, timeout: float = 30) -> None:
-    """SIGTERM the process group ``pid`` leads (the processes this module started), then SIGKILL."""
+def session_members(sid: int) -> list[int]:
+    """PIDs of the live processes of session ``sid`` (a service started in a session of its own keeps every
+    process it spawns there, Ray's renamed ``ray::`` agents included)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(int(proc.name))
+    return out
+
+
+def stop_session(sid: int, timeout: float = 10) -> list[int]:
+    """SIGTERM every process of session ``sid``, SIGKILL what is left after ``timeout`` s (Ray's gcs_server and
+    raylet can take longer than that to exit); return the PIDs still alive after that (none, normally)."""
+    signalled: set[int] = set()
+    try:
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            for pid in session_members(sid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                    signalled.add(pid)
+            deadline = time.time() + wait
+            while time.time() < deadline:
+                if not [p for p in session_members(sid) if not _gone(p)]:
+                    return []
+                time.sleep(0.2)
+        return [p for p in session_members(sid) if not _gone(p)]
+    finally:
+        for pid in signalled:  # reap our own children among them (zombies otherwise)
+            _gone(pid)
+
+
+def stop_pid(pid: int, timeout: float = 30, group: bool = True) -> None:
+    """SIGTERM the process (group) ``pid`` (leads), then SIGKILL."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(pid, sig)
+            (os.killpg if group else os.kill)(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.time() + timeout
@@ -147,34 +282,115 @@ def stop_pid(pid: int, timeout: float = 30) -> None:
 
 
 def start_ray_head(directory: Path, host: str, port: int) -> dict[str, Any]:
-    """A Ray head with token authentication and its own temp dir; returns the address, token and the join
-    command for other machines."""
+    """A Ray head in a session of its own: token authentication (the token in ``directory/ray/token``, 0600),
+    ``--node-ip-address host``, no dashboard, no metrics export. Returns {address, sid, temp_dir, token_file}."""
     token = secrets.token_hex(24)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
-    temp = directory / "ray"
-    temp.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address", host,
-                    "--port", str(port), "--temp-dir", str(temp), "--disable-usage-stats", "--include-dashboard",
-                    "false"], env=env, check=True, capture_output=True, text=True)
-    return {"address": f"{host}:{port}", "token": token, "temp_dir": str(temp),
-            "join": f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN={token} ray start --address {host}:{port}"}
+    ray_dir = directory / "ray"
+    ray_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_secret(ray_dir / "token", token + "\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_enable_metrics_collection": "0"}
+    # Ray's sockets live in its temp dir and a socket path has at most 107 bytes: a short private dir in /tmp
+    temp = Path(tempfile.mkdtemp(prefix="landscape-ray-"))
+    proc = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address", host,
+                             "--port", str(port), "--temp-dir", str(temp), "--disable-usage-stats",
+                             "--include-dashboard", "false", "--dashboard-host", host],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    info = {"address": f"{host}:{port}", "sid": proc.pid, "temp_dir": str(temp), "token_file": str(ray_dir / "token")}
+    try:
+        out, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        stop_session(proc.pid)
+        shutil.rmtree(temp, ignore_errors=True)
+        raise ClusterError(f"ray start --head on {host}:{port} did not finish within 180 s") from None
+    if proc.returncode != 0:  # the temp dir stays: it holds the logs the message points to
+        stop_session(proc.pid)
+        last = [ln for ln in out.splitlines() if ln.strip()][-1:] or ["no output"]
+        raise ClusterError(f"ray start --head on {host}:{port} failed: {last[0].strip()[:300]}")
+    return info
 
 
-def stop_ray(temp_dir: str) -> None:
-    """End the Ray processes whose command line names our temp dir (and only those)."""
-    me = os.getpid()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == me:
-            continue
+def _save(state_file: Path, state: dict[str, Any]) -> None:
+    write_secret(state_file, json.dumps(state, indent=2))
+
+
+def stop(directory: Path) -> str:
+    """Stop what ``state.json`` in ``directory`` lists (whatever a start got to), and check nothing is left."""
+    state_file = directory / "state.json"
+    if not state_file.exists():
+        return f"nothing to stop: no {state_file}"
+    state = json.loads(state_file.read_text())
+    left: list[str] = []
+    if "ray" in state:
+        # gcs_server, raylet and the agents ignore SIGTERM (Ray's own `ray stop` waits, then kills): 3 s
+        left += [f"ray pid {p}" for p in stop_session(state["ray"]["sid"], timeout=3)]
+        if Path(state["ray"]["temp_dir"]).name.startswith("landscape-ray-"):
+            shutil.rmtree(state["ray"]["temp_dir"], ignore_errors=True)
+    if "mlflow" in state:
+        left += [f"mlflow pid {p}" for p in stop_session(state["mlflow"]["pid"])]
+    if "postgres" in state:
+        stop_postgres(state["postgres"]["pgdata"])
+        if (Path(state["postgres"]["pgdata"]) / "postmaster.pid").exists():
+            left.append("postgres (postmaster.pid still there)")
+    if left:
+        raise ClusterError(f"could not stop {', '.join(left)}; {state_file} kept")
+    state_file.unlink()
+    return f"stopped {', '.join(k for k in ('ray', 'mlflow', 'postgres') if k in state)} started from {directory}"
+
+
+def start(directory: Path, host: str, ray_port: int, mlflow_port: int, auth: bool | None = None) -> dict[str, Any]:
+    """Start the three services, recording each in ``state.json`` as it comes up; on a failure, stop what was
+    started and raise. ``auth`` None: basic auth on unless ``host`` is a loopback address."""
+    old = os.umask(0o077)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+        state_file = directory / "state.json"
+        if state_file.exists():
+            raise ClusterError(f"{state_file} exists: services may be running; stop them first")
+        state: dict[str, Any] = {"host": host}
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if temp_dir in cmd:
+            state["postgres"] = start_postgres(directory / "postgres")
+            _save(state_file, state)
+            auth_dir = directory / "mlflow" if (auth if auth is not None else not is_loopback(host)) else None
+            state["mlflow"] = start_mlflow_server(state["postgres"]["uri"], directory / "artifacts", host, mlflow_port,
+                                                  log=directory / "mlflow.log", pgpass=state["postgres"]["pgpass"],
+                                                  auth_dir=auth_dir)
+            _save(state_file, state)
+            state["ray"] = start_ray_head(directory, host, ray_port)
+            _save(state_file, state)
+        except BaseException as exc:
+            _save(state_file, state)
             try:
-                os.kill(int(proc.name), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+                stop(directory)
+            except ClusterError as again:
+                raise ClusterError(f"{exc}; and stopping what had started failed: {again}") from None
+            raise
+        return state
+    finally:
+        os.umask(old)
+
+
+def start_message(state: dict[str, Any], directory: str) -> str:
+    ml, ray = state["mlflow"], state["ray"]
+    creds = (f"  set -a; . {ml['credentials']}; set +a       # MLflow basic-auth user and password\n"
+             if ml.get("credentials") else "")
+    open_note = ("" if is_loopback(state["host"]) else
+                 f"\nexposed on {state['host']}: MLflow {ml['uri']}"
+                 + (" (basic auth)" if ml.get("credentials") else " (NO authentication: anyone who reaches it can "
+                    "write and delete runs)")
+                 + f"; Ray's gRPC ports (token required; GCS {ray['address']}, raylet and agent ports on all "
+                   "interfaces). PostgreSQL listens on 127.0.0.1 only. Firewall them to your network.")
+    return (f"MLflow      {ml['uri']}\nRay head    {ray['address']}\n(secrets are in {directory}/, mode 0600)\n"
+            f"{open_note}\n\non this machine:\n"
+            f"  export MLFLOW_TRACKING_URI={ml['uri']}\n{creds}"
+            f"  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat {ray['token_file']})\n"
+            f"  landscape sweep sweeps/default.yaml --engine ray --address {ray['address']}\n"
+            "on every other machine (with this repository's environment; copy the token file there):\n"
+            f"  RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat TOKEN_FILE) ray start --address {ray['address']}\n"
+            f"  export MLFLOW_TRACKING_URI={ml['uri']}\n{creds}"
+            f"stop: scripts/cluster.sh stop --dir {directory}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,38 +400,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1", help="the address other machines reach this one at")
     ap.add_argument("--ray-port", type=int, default=6379)
     ap.add_argument("--mlflow-port", type=int, default=5001)
+    ap.add_argument("--auth", action=argparse.BooleanOptionalAction, default=None,
+                    help="MLflow basic auth (default: on unless --host is a loopback address)")
     args = ap.parse_args(argv)
     directory = Path(args.dir).resolve()
-    state_file = directory / "state.json"
-    if args.action == "stop":
-        if not state_file.exists():
-            print(f"nothing to stop: no {state_file}")
+    try:
+        if args.action == "stop":
+            print(stop(directory))
             return 0
-        state = json.loads(state_file.read_text())
-        if "ray" in state:
-            stop_ray(state["ray"]["temp_dir"])
-        if "mlflow" in state:
-            stop_pid(state["mlflow"]["pid"])
-        if "postgres" in state:
-            stop_postgres(state["postgres"]["pgdata"])
-        state_file.unlink()
-        print("stopped Ray head, MLflow server and PostgreSQL started from", directory)
-        return 0
-    directory.mkdir(parents=True, exist_ok=True)
-    pg = start_postgres(directory / "postgres", args.host)
-    ml = start_mlflow_server(pg["uri"], directory / "artifacts", args.host, args.mlflow_port,
-                             log=directory / "mlflow.log")
-    ray = start_ray_head(directory, args.host, args.ray_port)
-    state_file.write_text(json.dumps({"postgres": pg, "mlflow": ml, "ray": ray}, indent=2))
-    print(f"PostgreSQL  {pg['uri']}\nMLflow      {ml['uri']}\nRay head    {ray['address']}\n")
-    print("on this machine:\n"
-          f"  export MLFLOW_TRACKING_URI={ml['uri']}\n"
-          f"  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN={ray['token']}\n"
-          f"  landscape sweep sweeps/default.yaml --engine ray --address {ray['address']}\n"
-          "on every other machine (with this repository's environment):\n"
-          f"  {ray['join']}\n"
-          f"  export MLFLOW_TRACKING_URI={ml['uri']}\n"
-          f"stop: python -m landscape.runner.cluster stop --dir {args.dir}")
+        state = start(directory, args.host, args.ray_port, args.mlflow_port, args.auth)
+    except (ClusterError, subprocess.SubprocessError, OSError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(start_message(state, args.dir))
     return 0
 
 

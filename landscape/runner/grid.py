@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from landscape.config import GROUPS, ConfigError
+from landscape.io import read_yaml
 from landscape.params_file import parse_params
 
 ALL_KEYS = tuple(f"{g}.{k}" for g, cls in GROUPS.items() for k in cls.model_fields)
@@ -69,6 +70,13 @@ def _fmt(value: Any) -> str:
     return repr(value)
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal as params values (1 and 1.0 are one learning rate; True is not 1)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
 def set_override(raw: dict[str, Any], key: str, value: Any) -> None:
     group, name = key.split(".", 1)
     node = raw.setdefault(group, {})
@@ -89,9 +97,11 @@ def load_grid(path: str | Path, params_path: str | Path = "params.yaml") -> Grid
     """Read, expand and validate a grid file against the current params.yaml. Raises GridError."""
     path = Path(path)
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = read_yaml(path)
     except OSError as exc:
         raise GridError(f"{path}: cannot read the grid ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise GridError(f"{path}: not UTF-8 text (byte {exc.start}); allowed: a YAML file") from None
     except yaml.YAMLError as exc:
         raise GridError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not spec["grid"]:
@@ -101,8 +111,9 @@ def load_grid(path: str | Path, params_path: str | Path = "params.yaml") -> Grid
     if unknown:
         raise GridError(f"{path}: unknown entries {sorted(unknown)}; allowed: experiment, name, grid, fixed")
     name = str(spec.get("name", path.stem))
-    if not _NAME.match(name):
-        raise GridError(f"{path}: name = {name!r}: allowed letters, digits, '_', '.', '-' (a DVC experiment name)")
+    if not _NAME.match(name) or ".." in name or len(name) > 200:
+        raise GridError(f"{path}: name = {name!r}: allowed: letters, digits, '_', '.', '-', starting with a letter or "
+                        "digit, no '..' (the points become DVC experiment names, which are git refs)")
     experiment = str(spec.get("experiment", f"sweep-{name}"))
     fixed = spec.get("fixed") or {}
     if not isinstance(fixed, dict):
@@ -114,6 +125,12 @@ def load_grid(path: str | Path, params_path: str | Path = "params.yaml") -> Grid
                             key=key)
         if not isinstance(values, list) or not values:
             raise GridError(f"{path}: grid key '{key}' = {values!r}: allowed: a non-empty list of values", key=key)
+        seen: list[Any] = []
+        for v in values:
+            if any(_same_value(v, w) for w in seen):
+                raise GridError(f"{path}: grid key '{key}' lists {_fmt(v)} twice: two points would be one pipeline "
+                                "state (one MLflow run); allowed: distinct values", key=key)
+            seen.append(v)
         axes[key] = values
     for key in fixed:
         if key not in ALL_KEYS:
@@ -122,7 +139,7 @@ def load_grid(path: str | Path, params_path: str | Path = "params.yaml") -> Grid
             raise GridError(f"{path}: '{key}' is both a grid axis and fixed; allowed: one of the two", key=key)
     if "track.experiment" in axes:
         raise GridError(f"{path}: track.experiment is set by the sweep (entry 'experiment'), not a grid axis")
-    base = yaml.safe_load(Path(params_path).read_text()) or {}
+    base = read_yaml(Path(params_path)) or {}
     grid = Grid(experiment=experiment, name=name, axes=axes, fixed=dict(fixed))
     for i, combo in enumerate(itertools.product(*axes.values())):
         values = dict(zip(axes, combo, strict=True))

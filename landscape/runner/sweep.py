@@ -1,17 +1,29 @@
 """Run a sweep grid (:mod:`landscape.runner.grid`) as real DVC experiments, one MLflow parent run per point.
 
-``--engine local`` (the default) uses DVC's own machinery: ``dvc exp run --queue -n <point> -S k=v …`` for
-every point, then ``dvc queue start -j N``; every point runs the whole pipeline in its own temporary
-workspace and its track stage logs into the one MLflow store at the repository root (``$DVC_ROOT``). The
-MLflow experiment is created (and tagged) once before any worker starts: concurrent first-use creation
-races. Points whose run already exists (found by its run key: params, code and data) are not run again, so
-an interrupted sweep resumes with what is missing. A point that fails is listed at the end with the last
-line of its log; the others finish.
+``--engine local`` (the default) uses DVC's own machinery: every missing point is queued as ``dvc exp run
+--queue -n <point> -S k=v …`` (in this process, with progress), then ``dvc queue start -j N`` runs them; every
+point runs the whole pipeline in its own temporary workspace and its track stage logs into the one MLflow store
+at the repository root (``$DVC_ROOT``). The MLflow experiment is created (and tagged) once before any worker
+starts: concurrent first-use creation races.
+
+What is finished is decided by results, never by names:
+
+* a point is *done* when the store holds a FINISHED, complete run with the point's run key (params, code, data);
+  duplicates of one key (two writers) resolve deterministically (:func:`landscape.tracking.pick_run`);
+* the queue entries this sweep created are tracked by their stash revisions (DVC's queue keeps old entries of
+  the same name: a Failed one from an earlier try must not mask a Running one), recorded in
+  ``.dvc/tmp/landscape-sweeps/<grid>.json`` as each is queued, so that a rerun after Ctrl-C or a killed driver
+  follows the entries still queued or running instead of queueing them twice; entries are removed from DVC's
+  queue once finished (their result collected), so polling never walks old entries again;
+* a point whose entry succeeded but whose run key is not in the store (params or code changed while it waited)
+  is reported as failed, with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import subprocess
@@ -22,14 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm import tqdm
 
-from landscape.errors import LandscapeError
+from landscape.errors import InputError, LandscapeError
+from landscape.io import read_json, read_yaml, write_json
 from landscape.provenance import code_digest, data_digest
 from landscape.runner.grid import Grid, Point, apply_overrides, dvc_set_args
 
 log = logging.getLogger(__name__)
+
+STATE_DIR = Path(".dvc") / "tmp" / "landscape-sweeps"
+RESTART_WORKERS_S = 60.0  # queued entries but nothing running for this long: start the workers again
+NO_WORKER_GIVE_UP_S = 600.0  # …and give up (one line) when still nothing ran after this long
 
 
 @dataclass
@@ -40,6 +56,12 @@ class SweepResult:
     failed: dict[str, str] = field(default_factory=dict)  # name -> last error line
     runs: dict[str, str] = field(default_factory=dict)  # name -> MLflow run id
     nodes: dict[str, str] = field(default_factory=dict)  # name -> the Ray node that ran it (engine ray)
+    followed: list[str] = field(default_factory=list)  # queued or running before this call: followed, not requeued
+    queued: list[str] = field(default_factory=list)  # queued by this call
+
+
+class SweepInterrupted(LandscapeError):
+    """Ctrl-C: the message says what keeps running and how to follow or stop it."""
 
 
 def point_run_key(params: dict[str, Any], code: str, dataset: dict[str, Any]) -> str:
@@ -50,8 +72,8 @@ def point_run_key(params: dict[str, Any], code: str, dataset: dict[str, Any]) ->
 
 def _dataset_records(points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The dataset record of each distinct data config among the points (data acquired once each)."""
-    from landscape.params_file import parse_params
     from landscape.data import prepare
+    from landscape.params_file import parse_params
     from landscape.sources import acquire
 
     out: dict[str, dict[str, Any]] = {}
@@ -65,133 +87,286 @@ def _dataset_records(points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def finished_points(grid: Grid, root: Path) -> dict[str, str]:
-    """``{point name: run id}`` of the points whose run (same run key) is already FINISHED in the store."""
+def point_keys(grid: Grid, root: Path) -> dict[str, str]:
+    """``{point name: run key}`` for the code and data of this checkout."""
     from landscape.params_file import parse_params
-    from landscape.tracking import RUN_KEY_TAG, prepare_env, tracking_uri
 
-    prepare_env()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri(root))
-    exp = client.get_experiment_by_name(grid.experiment)
-    if exp is None:
-        return {}
-    base = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    base = read_yaml(root / "params.yaml") or {}
     raws = {p.name: apply_overrides(base, p.overrides) for p in grid.points}
     records = _dataset_records(list(raws.values()))
     code = code_digest(root)
-    out = {}
+    keys = {}
     for p in grid.points:
         cfg = parse_params(raws[p.name]).data
-        dataset = records[json.dumps(cfg.model_dump(), sort_keys=True)]
-        key = point_run_key(raws[p.name], code, dataset)
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
-                                  max_results=5)
-        done = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("landscape.complete") == "true"]
-        if done:
-            out[p.name] = done[0].info.run_id
+        keys[p.name] = point_run_key(raws[p.name], code, records[json.dumps(cfg.model_dump(), sort_keys=True)])
+    return keys
+
+
+def finished_points(grid: Grid, root: Path, keys: dict[str, str] | None = None) -> dict[str, str]:
+    """``{point name: run id}`` of the points whose run (same run key) is FINISHED and complete in the store;
+    where two writers left two such runs, the same one is named every time."""
+    from landscape.tracking import RUN_KEY_TAG, client_for, pick_run
+
+    keys = keys if keys is not None else point_keys(grid, root)
+    client, _ = client_for(root)
+    exp = client.get_experiment_by_name(grid.experiment)
+    if exp is None:
+        return {}
+    out = {}
+    for p in grid.points:
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{keys[p.name]}'",
+                                  max_results=50)
+        chosen = pick_run(runs)
+        if chosen is not None:
+            out[p.name] = chosen.info.run_id
     return out
 
 
 def prepare_experiment(name: str, root: Path) -> str:
-    """Create the store's schema and the MLflow experiment once, before parallel writers start."""
-    from landscape.tracking import get_or_create_experiment, prepare_env, store_lock, tracking_uri
+    """Create the store's schema and the MLflow experiment once, before parallel writers start. An unreachable
+    store stops the sweep here, in one line, before anything is queued."""
+    from landscape.tracking import failures_name_the_store, get_or_create_experiment, prepare_env, store_lock
+    from landscape.tracking import tracking_uri
 
     prepare_env()
     uri = tracking_uri(root)
-    from mlflow.tracking import MlflowClient
+    try:
+        with failures_name_the_store(uri, "check MLFLOW_TRACKING_URI and that the server is up; nothing was queued"):
+            from mlflow.tracking import MlflowClient
 
-    with store_lock(root, uri):
-        return get_or_create_experiment(MlflowClient(tracking_uri=uri), name, uri, root)
-
-
-def _dvc(root: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _queue_status(root: Path) -> dict[str, str]:
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        return {e.get("name"): e["status"] for e in repo.experiments.celery_queue.status() if e.get("name")}
+            with store_lock(root, uri):
+                return get_or_create_experiment(MlflowClient(tracking_uri=uri), name, uri, root)
+    except LandscapeError as exc:
+        raise InputError(str(exc)) from None
 
 
-def _last_error(root: Path, name: str) -> str:
-    out = _dvc(root, "queue", "logs", name, timeout=120)
-    lines = [ln.strip() for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+def untracked_code(root: Path) -> list[str]:
+    """Untracked ``.py`` files under ``landscape/`` and ``stages/``: they enter this checkout's code digest (the
+    run key) but not a queued experiment or a clone, so the runs could never be recognized as finished."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "landscape", "stages"],
+                         cwd=root, capture_output=True, text=True, timeout=60)
+    return [ln[3:] for ln in out.stdout.splitlines() if ln.startswith("??") and ln.endswith(".py")]
+
+
+def refuse_untracked_code(root: Path) -> None:
+    files = untracked_code(root)
+    if files:
+        raise InputError(f"untracked code {', '.join(files[:3])}{' …' if len(files) > 3 else ''}: it would enter the "
+                         "run key here but not the experiments DVC runs; git add (or remove) it first")
+
+
+# ----------------------------------------------------------------------------------------------- DVC's queue
+class _Queue:
+    """The few operations on DVC's Celery queue a sweep needs, by stash revision."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @contextlib.contextmanager
+    def _repo(self):
+        from dvc.repo import Repo
+
+        with Repo(str(self.root)) as repo:
+            yield repo
+
+    def pending(self) -> dict[str, tuple[str, str]]:
+        """``{stash rev: (name, 'Queued' | 'Running')}`` of every entry not finished yet."""
+        with self._repo() as repo:
+            q = repo.experiments.celery_queue
+            out = {e.stash_rev: (e.name or "", "Running") for e in q.iter_active()}
+            out.update({e.stash_rev: (e.name or "", "Queued") for e in q.iter_queued()})
+        return out
+
+    def put(self, point: Point) -> str:
+        """Queue one point (as ``dvc exp run --queue -f -n NAME -S …``); return its stash revision."""
+        with self._repo() as repo:
+            q = repo.experiments.celery_queue
+            before = {e.stash_rev for e in q.iter_queued()}
+            args = dvc_set_args(point)
+            with contextlib.redirect_stdout(io.StringIO()):
+                repo.experiments.run(params=[args[i + 1] for i in range(0, len(args), 2)], queue=True,
+                                     name=point.name, force=True)
+            new = [e.stash_rev for e in q.iter_queued() if e.name == point.name and e.stash_rev not in before]
+        if len(new) != 1:
+            raise LandscapeError(f"queued {point.name} but found {len(new)} new queue entries for it")
+        return new[0]
+
+    def outcome(self, rev: str) -> tuple[bool, str]:
+        """(succeeded, the last error line of its log) of a finished entry."""
+        with self._repo() as repo:
+            q = repo.experiments.celery_queue
+            entry = next((e for e, _ in q.iter_done() if e.stash_rev == rev), None)
+            if entry is None:
+                return False, "the queue entry disappeared (removed by hand?)"
+            try:
+                result = q.get_result(entry)
+            except Exception as exc:  # DVC reports a broken entry by raising
+                return False, f"{type(exc).__name__}: {exc}"
+            if result is not None and result.exp_hash and result.ref_info:
+                return True, ""
+            try:
+                log_text = Path(q.proc[rev].stdout).read_text(errors="replace")
+            except (KeyError, OSError):
+                log_text = ""
+        return False, stage_error_line(log_text)
+
+    def remove(self, revs: list[str]) -> None:
+        """Drop finished entries (their results are collected; the experiments stay)."""
+        if not revs:
+            return
+        from dvc.repo.experiments.queue.remove import remove_tasks
+
+        with self._repo() as repo:
+            q = repo.experiments.celery_queue
+            done = [e for e, _ in q.iter_done() if e.stash_rev in set(revs)]
+            if done:
+                remove_tasks(q, done)
+
+    def start_workers(self, jobs: int) -> None:
+        out = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], cwd=self.root,
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise LandscapeError(f"dvc queue start failed: {(out.stderr or out.stdout).strip()[-300:]}")
+
+
+def stage_error_line(log_text: str) -> str:
+    """The line that says why a point failed: the stage's own ``error: …`` line (one per failure, written by
+    :func:`landscape.runtime.run_stage`) before DVC's generic ``ERROR: failed to reproduce …``."""
+    lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
+    ours = [ln for ln in lines if ln.startswith("error: ")]
+    if ours:
+        return ours[-1][:300]
     errors = [ln for ln in lines if ln.lower().startswith(("error", "failed")) or "Error" in ln]
     return (errors or lines or ["no log"])[-1][:300]
 
 
-def run_local(grid: Grid, root: Path, jobs: int = 1, poll_s: float = 3.0) -> SweepResult:
+def _state_path(root: Path, grid: Grid) -> Path:
+    return root / STATE_DIR / f"{grid.name}.json"
+
+
+def _load_state(root: Path, grid: Grid) -> dict[str, dict[str, str]]:
+    path = _state_path(root, grid)
+    try:
+        return read_json(path) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def run_local(grid: Grid, root: Path, jobs: int = 1, poll_s: float = 2.0) -> SweepResult:
     """Queue every missing point as a DVC experiment and run them with ``jobs`` local workers."""
+    if jobs < 1:
+        raise InputError(f"--jobs {jobs}: allowed: 1 or more local workers (dvc queue start -j N)")
+    refuse_untracked_code(root)
     result = SweepResult(grid)
     prepare_experiment(grid.experiment, root)
-    done = finished_points(grid, root)
-    result.skipped = sorted(done)
-    result.runs.update(done)
-    todo: list[Point] = [p for p in grid.points if p.name not in done]
+    keys = point_keys(grid, root)
+    done = finished_points(grid, root, keys)
+    result.skipped, result.runs = sorted(done), dict(done)
+    todo = [p for p in grid.points if p.name not in done]
+    queue = _Queue(root)
+    state = _load_state(root, grid)
+    pending = queue.pending()
+    # entries this sweep recorded earlier that have finished: collected already, or stale; drop them
+    queue.remove([s["rev"] for s in state.values() if s["rev"] not in pending])
+    state = {n: s for n, s in state.items() if s["rev"] in pending}
+    mine: dict[str, str] = {}  # point name -> stash rev followed by this call
+    names = {p.name for p in todo}
+    for rev, (name, status) in pending.items():
+        if name not in names:
+            continue
+        rec = state.get(name)
+        if rec and rec["rev"] == rev and rec["key"] == keys[name]:
+            mine[name] = rev
+            result.followed.append(name)
+        else:
+            raise InputError(f"point {name} is still {status.lower()} in DVC's queue (entry {rev[:7]}) from an earlier "
+                             f"sweep with other params or code: wait for it (dvc queue status) or stop it (dvc queue "
+                             f"kill {name} / dvc queue remove {name}), then rerun")
+    if result.followed:
+        log.info("following %d point(s) queued or running before this call: %s", len(result.followed),
+                 ", ".join(sorted(result.followed)))
     if done:
         log.info("%d of %d points already have a finished run; running the other %d", len(done), len(grid.points),
                  len(todo))
-    for p in todo:
-        q = _dvc(root, "exp", "run", "--queue", "-f", "-n", p.name, *dvc_set_args(p))
-        if q.returncode != 0:
-            raise LandscapeError(f"could not queue {p.name} ({p.label()}): {q.stderr.strip()[-300:]}")
     if not todo:
         return result
-    starter = subprocess.Popen([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], cwd=root,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    names = {p.name for p in todo}
-    bar = tqdm(total=len(todo), desc=f"sweep {grid.name}", unit="point")
-    finished: dict[str, str] = {}
-    status: dict[str, str] = {}
-    while True:
-        status = {n: s for n, s in _queue_status(root).items() if n in names}
-        for n, s in status.items():
-            if s in ("Success", "Failed") and n not in finished:
-                finished[n] = s
-                bar.update(1)
-                bar.set_postfix(failed=sum(v == "Failed" for v in finished.values()), refresh=False)
-        started = starter.poll()
-        if started not in (None, 0):
-            raise LandscapeError(f"dvc queue start failed: {starter.stderr.read().strip()[-300:]}")
-        if len(finished) == len(todo):
-            break
-        if started == 0 and status and all(s not in ("Queued", "Running") for s in status.values()):
-            break
-        time.sleep(poll_s)
-    bar.close()
-    if starter.poll() is None:
-        starter.wait(timeout=60)
+    try:
+        for p in tqdm([p for p in todo if p.name not in mine], desc=f"queueing {grid.name}", unit="point"):
+            mine[p.name] = queue.put(p)
+            result.queued.append(p.name)
+            state[p.name] = {"rev": mine[p.name], "key": keys[p.name]}
+            write_json(_state_path(root, grid), state)
+        queue.start_workers(jobs)
+        outcomes = _follow(queue, grid, mine, jobs, poll_s)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(_interrupted_message(queue, grid, mine)) from None
+    finished = finished_points(grid, root, keys)
     for p in todo:
-        s = finished.get(p.name, status.get(p.name, "unknown"))
-        if s == "Success":
+        ok, why = outcomes[p.name]
+        if ok and p.name in finished:
             result.succeeded.append(p.name)
+            result.runs[p.name] = finished[p.name]
+        elif ok:
+            result.failed[p.name] = ("its experiment succeeded but the store has no finished run with this point's "
+                                     "run key (params, code or data changed while it was queued?)")
         else:
-            result.failed[p.name] = f"{s}: {_last_error(root, p.name)}"
-    result.runs.update(_runs_by_exp_name(grid.experiment, root, result.succeeded))
+            result.failed[p.name] = why
+    queue.remove(list(mine.values()))
+    state = {n: s for n, s in state.items() if n not in mine}
+    write_json(_state_path(root, grid), state)
     return result
 
 
-def _runs_by_exp_name(experiment: str, root: Path, names: list[str]) -> dict[str, str]:
-    from landscape.tracking import prepare_env, tracking_uri
+def _follow(queue: _Queue, grid: Grid, mine: dict[str, str], jobs: int, poll_s: float) -> dict[str, tuple[bool, str]]:
+    """Poll the entries in ``mine`` until each has finished; ``{name: (succeeded, error line)}``. A progress bar
+    shows finished and running points; queued entries with no worker are restarted, then given up on."""
+    outcomes: dict[str, tuple[bool, str]] = {}
+    bar = tqdm(total=len(mine), desc=f"sweep {grid.name}", unit="point")
+    idle_since = time.monotonic()
+    last_restart = idle_since
+    try:
+        while len(outcomes) < len(mine):
+            pending = queue.pending()
+            running = 0
+            for name, rev in mine.items():
+                if name in outcomes:
+                    continue
+                if rev in pending:
+                    running += pending[rev][1] == "Running"
+                    continue
+                outcomes[name] = queue.outcome(rev)
+                bar.update(1)
+            failed = sum(not ok for ok, _ in outcomes.values())
+            bar.set_postfix(running=running, failed=failed, refresh=True)
+            now = time.monotonic()
+            if running or len(outcomes) == len(mine):
+                idle_since = now
+            elif now - idle_since > NO_WORKER_GIVE_UP_S:
+                raise LandscapeError(f"DVC's queue workers ran nothing for {NO_WORKER_GIVE_UP_S:.0f} s while "
+                                     f"{len(mine) - len(outcomes)} point(s) waited; see `dvc queue status`")
+            elif now - last_restart > RESTART_WORKERS_S:
+                queue.start_workers(jobs)
+                last_restart = now
+            if len(outcomes) < len(mine):
+                time.sleep(poll_s)
+    finally:
+        bar.close()
+    return outcomes
 
-    prepare_env()
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri(root))
-    exp = client.get_experiment_by_name(experiment)
-    out = {}
-    if exp is None:
-        return out
-    for run in client.search_runs([exp.experiment_id], max_results=50000):
-        name = run.data.tags.get("dvc.exp_name")
-        if name in names and run.info.status == "FINISHED":
-            out[name] = run.info.run_id
-    return out
+def _interrupted_message(queue: _Queue, grid: Grid, mine: dict[str, str]) -> str:
+    try:
+        pending = queue.pending()
+    except Exception:  # the message must come out even when the queue cannot be read
+        pending = {}
+    running = sorted(n for n, r in mine.items() if pending.get(r, ("", ""))[1] == "Running")
+    waiting = sorted(n for n, r in mine.items() if pending.get(r, ("", ""))[1] == "Queued")
+    if not running and not waiting:
+        return "interrupted; nothing of this sweep is queued or running"
+    return (f"interrupted: DVC's queue workers keep going with {len(running)} running "
+            f"({', '.join(running[:4])}{' …' if len(running) > 4 else ''}) and {len(waiting)} queued point(s) of "
+            f"{grid.name}. Rerun the same `landscape sweep` to follow them (nothing is queued twice); stop them with "
+            "`dvc queue kill <name>…` and `dvc queue remove --queued`, or all workers with `dvc queue stop --kill`")
 
 
 def report(result: SweepResult) -> str:
@@ -200,6 +375,9 @@ def report(result: SweepResult) -> str:
     lines = [f"sweep {g.name}: {len(g.points)} points, MLflow experiment '{g.experiment}'",
              f"  finished now: {len(result.succeeded)}; already finished before: {len(result.skipped)}; "
              f"failed: {len(result.failed)}"]
+    if result.followed or result.queued:
+        lines.append(f"  queued now: {len(result.queued)}; followed {len(result.followed)} point(s) queued by an "
+                     "earlier call")
     for name, why in sorted(result.failed.items()):
         point = next(p for p in g.points if p.name == name)
         lines.append(f"  FAILED {name} ({point.label()}): {why}")

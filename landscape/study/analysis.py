@@ -1,10 +1,17 @@
 """``landscape analyze``: does the geometry at the end of training predict generalization, across runs?
 
-Reads every finished run of an MLflow experiment (analysis runs, unfinished, incomplete and diverged runs are
-skipped and listed), takes each geometry measure at the final probed epoch and the generalization gap (test −
-train loss; test − train error), and reports Kendall's τ_b with a seeded bootstrap 95% interval over runs and
-the granulated Ψ of Jiang et al. 2020 over the hyperparameter axes that vary (seeds are replicates, not axes:
-runs that differ only in their seeds fall into the same group, so each group's τ is over all its seeds).
+Reads the finished runs of an MLflow experiment, keeps **one run per configuration** (the params and the data
+actually used; of several — the same point rerun after a code change, or two writers of one pipeline state —
+the one that ended last, the others listed as superseded), skips analysis, unfinished, incomplete and
+diverged runs (listed with the reason), takes each measure at the final probed epoch and the generalization
+gap (test − train loss; test − train error), and reports for every measure and gap:
+
+* Kendall's τ_b over runs, with a 95% percentile interval from a seeded **cluster bootstrap over
+  configurations** (all seeds of a configuration resampled together; :mod:`landscape.study.correlation`);
+* Jiang et al. 2020's granulated Ψ over the hyperparameter axes that vary, each ψ_i over groups in which only
+  axis i varies — every other coordinate, **the seed included**, fixed. Seeds (any varying key ending in
+  ``seed``) are replicates: held fixed in the groups, never an axis of Ψ, never a unit of the bootstrap.
+
 Writes ``report.md``, ``analysis.json`` and figures, and logs them as an MLflow run in the same experiment (tag
 ``landscape.analysis``) that names the runs it used.
 """
@@ -19,19 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from landscape.errors import LandscapeError
+from landscape.errors import InputError, LandscapeError
 from landscape.io import write_json
-from landscape.study.correlation import bootstrap_interval, granulated, kendall_tau_b
+from landscape.study.correlation import cluster_bootstrap_interval, granulated, kendall_tau_b
 
 ANALYSIS_TAG = "landscape.analysis"
 MIN_RUNS = 4
+Getter = Callable[[dict[str, float], dict[str, str]], float | None]
 
 
-def _get(key: str) -> Callable[[dict[str, float], dict[str, str]], float | None]:
+def _get(key: str) -> Getter:
     return lambda m, p: m.get(key)
 
 
-def _ratio(num: str, den: str) -> Callable[[dict[str, float], dict[str, str]], float | None]:
+def _ratio(num: str, den: str) -> Getter:
     def f(m: dict[str, float], p: dict[str, str]) -> float | None:
         a, b = m.get(num), m.get(den)
         return a / b if a is not None and b not in (None, 0) else None
@@ -43,26 +51,40 @@ def _over_radius2(m: dict[str, float], p: dict[str, str]) -> float | None:
     return v / float(r) ** 2 if v is not None and r is not None else None
 
 
-# (name, what it is, how to read it from a run's final metrics and params)
-MEASURES: list[tuple[str, str, Callable[[dict[str, float], dict[str, str]], float | None]]] = [
-    ("lambda_max", "λ_max of the probe-set Hessian", _get("curvature/lambda_max")),
-    ("hessian_trace", "tr(H), Hutchinson", _get("curvature/hessian_trace")),
-    ("directional_sharpness", "paired random-direction sharpness at radius ρ", _get("sharpness/directional")),
-    ("worst_case_sharpness", "max over ‖d‖ ≤ ρ (projected gradient ascent)", _get("sharpness/worst_case")),
-    ("adaptive_sharpness", "random-direction sharpness, d = |θ| ⊙ u", _get("sharpness/adaptive")),
-    ("adaptive_worst_case_sharpness", "worst case over d = |θ| ⊙ u", _get("sharpness/adaptive_worst_case")),
-    ("lgdi", "(η/2) gᵀHg/‖g‖²", _get("stability/lgdi")),
-    ("grad_norm", "‖∇L_P‖", _get("gradient/norm")),
-    ("line_barrier", "loss barrier along the line (interpolate stage)", _get("summary/line/barrier_height")),
-    ("connect_loss_barrier", "loss barrier between two SGD-noise copies", _get("summary/connect/loss_barrier")),
-    ("connect_error_barrier", "error barrier between two SGD-noise copies", _get("summary/connect/error_barrier")),
-    # normalized variants that make runs with different η / sizes comparable
-    ("eta_lambda_max", "η·λ_max (normalized)", _get("stability/ratio")),
-    ("eta_lambda_max_over_threshold", "η·λ_max / divergence threshold (normalized)",
-     _ratio("stability/ratio", "stability/threshold")),
-    ("trace_per_parameter", "tr(H)/n, the mean eigenvalue (normalized)",
-     _ratio("curvature/hessian_trace", "model/num_params")),
-    ("directional_sharpness_over_radius2", "sharpness / ρ² (normalized)", _over_radius2),
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    family: str
+    what: str
+    get: Getter
+
+
+# every measure the report ranks, by family (the order of the families is the order of the report's sections)
+MEASURES: list[Measure] = [
+    Measure("lambda_max", "curvature", "λ_max of the probe-set Hessian", _get("curvature/lambda_max")),
+    Measure("hessian_trace", "curvature", "tr(H), Hutchinson", _get("curvature/hessian_trace")),
+    Measure("trace_per_parameter", "curvature", "tr(H)/n, the mean eigenvalue (normalized)",
+            _ratio("curvature/hessian_trace", "model/num_params")),
+    Measure("directional_sharpness", "sharpness", "paired random-direction sharpness at radius ρ",
+            _get("sharpness/directional")),
+    Measure("directional_sharpness_over_radius2", "sharpness", "sharpness / ρ² (normalized)", _over_radius2),
+    Measure("worst_case_sharpness", "sharpness", "max over ‖d‖ ≤ ρ (projected gradient ascent)",
+            _get("sharpness/worst_case")),
+    Measure("adaptive_sharpness", "sharpness", "random-direction sharpness, d = |θ| ⊙ u",
+            _get("sharpness/adaptive")),
+    Measure("adaptive_worst_case_sharpness", "sharpness", "worst case over ‖d/|θ|‖ ≤ ρ_w",
+            _get("sharpness/adaptive_worst_case")),
+    Measure("lgdi", "stability", "(η/2) gᵀHg/‖g‖²", _get("stability/lgdi")),
+    Measure("eta_lambda_max", "stability", "η·λ_max (normalized)", _get("stability/ratio")),
+    Measure("eta_lambda_max_over_threshold", "stability", "η·λ_max / divergence threshold (normalized)",
+            _ratio("stability/ratio", "stability/threshold")),
+    Measure("grad_norm", "gradient", "‖∇L_P‖", _get("gradient/norm")),
+    Measure("line_barrier", "connectivity", "loss barrier along the line (interpolate stage)",
+            _get("summary/line/barrier_height")),
+    Measure("connect_loss_barrier", "connectivity", "loss barrier between two SGD-noise copies",
+            _get("summary/connect/loss_barrier")),
+    Measure("connect_error_barrier", "connectivity", "error barrier between two SGD-noise copies",
+            _get("summary/connect/error_barrier")),
 ]
 GAPS = {"loss_gap": "test − train loss", "error_gap": "test − train error"}
 
@@ -75,6 +97,7 @@ class RunRow:
     measures: dict[str, float | None]
     gaps: dict[str, float]
     trajectory: list[tuple[int, float]] = field(default_factory=list)  # (epoch, η·λ_max / threshold)
+    end_time: int = 0
 
 
 def _number(v: Any) -> float | None:
@@ -85,10 +108,19 @@ def _number(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+IDENTITY_SKIP = ("track.",)  # params that name a run, not what it computed
+
+
+def configuration_key(params: dict[str, str]) -> str:
+    """What identifies a pipeline configuration across code versions: every param (the data actually used
+    included: ``data.source_used``, counts) except the ``track.*`` names."""
+    return json.dumps({k: v for k, v in sorted(params.items()) if not k.startswith(IDENTITY_SKIP)})
+
+
 def collect(client: Any, experiment_id: str, min_train_accuracy: float | None = None
             ) -> tuple[list[RunRow], list[dict[str, str]]]:
-    """The usable runs of the experiment and the skipped ones, each with the reason. With
-    ``min_train_accuracy``, runs that did not fit the training set that well are skipped too (Jiang et al.
+    """The usable runs of the experiment, one per configuration, and the skipped ones, each with the reason.
+    With ``min_train_accuracy``, runs that did not fit the training set that well are skipped too (Jiang et al.
     2020 compare only networks trained to the same training-loss criterion)."""
     rows, skipped = [], []
     for run in client.search_runs([experiment_id], max_results=50000):
@@ -113,10 +145,30 @@ def collect(client: Any, experiment_id: str, min_train_accuracy: float | None = 
             skipped.append({"run_id": run.info.run_id, "name": name, "reason": why})
             continue
         params = dict(run.data.params)
-        rows.append(RunRow(run.info.run_id, name, params, {n: _number(f(m, params)) for n, _, f in MEASURES},
-                           {"loss_gap": m["loss/generalization_gap"], "error_gap": train_acc - test_acc}))
+        rows.append(RunRow(run.info.run_id, name, params, {ms.name: _number(ms.get(m, params)) for ms in MEASURES},
+                           {"loss_gap": m["loss/generalization_gap"], "error_gap": train_acc - test_acc},
+                           end_time=run.info.end_time or 0))
+    rows, superseded = one_per_configuration(rows)
+    skipped += superseded
     rows.sort(key=lambda r: r.name)
     return rows, skipped
+
+
+def one_per_configuration(rows: list[RunRow]) -> tuple[list[RunRow], list[dict[str, str]]]:
+    """Of the runs of one configuration keep the one that ended last (the newest code; between two writers of
+    one pipeline state, the same one every time: ties go to the larger run id); the others are superseded."""
+    groups: dict[str, list[RunRow]] = {}
+    for r in rows:
+        groups.setdefault(configuration_key(r.params), []).append(r)
+    kept, superseded = [], []
+    for members in groups.values():
+        members.sort(key=lambda r: (r.end_time, r.run_id), reverse=True)
+        kept.append(members[0])
+        superseded += [{"run_id": r.run_id, "name": r.name,
+                        "reason": f"superseded by run {members[0].run_id} (same params and data; it ended later: "
+                                  "newer code, or a second writer of the same pipeline state)"}
+                       for r in members[1:]]
+    return kept, superseded
 
 
 def varying_axes(rows: list[RunRow]) -> list[str]:
@@ -125,22 +177,35 @@ def varying_axes(rows: list[RunRow]) -> list[str]:
             and len({r.params.get(k) for r in rows}) > 1]
 
 
+def is_replicate_axis(key: str) -> bool:
+    """Seeds (``train.seed``, ``data.seed``, ``connect.data_seed``, …) are replicates, not hyperparameters."""
+    return key.rsplit(".", 1)[-1].endswith("seed")
+
+
+def split_axes(axes: list[str]) -> tuple[list[str], list[str]]:
+    """(hyperparameter axes of Ψ, replicate axes held fixed)."""
+    return [a for a in axes if not is_replicate_axis(a)], [a for a in axes if is_replicate_axis(a)]
+
+
 def correlations(rows: list[RunRow], axes: list[str], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """τ_b, its bootstrap interval and Ψ for every measure present, against both gaps."""
-    psi_axes = [a for a in axes if not a.endswith(".seed")]
+    """τ_b, its cluster-bootstrap interval and Ψ for every measure present, against both gaps."""
+    psi_axes, seeds = split_axes(axes)
     out: dict[str, Any] = {}
-    for name, what, _ in MEASURES:
-        usable = [r for r in rows if r.measures.get(name) is not None]
+    for ms in MEASURES:
+        usable = [r for r in rows if r.measures.get(ms.name) is not None]
         if len(usable) < MIN_RUNS:
             continue
-        x = [r.measures[name] for r in usable]
+        x = [r.measures[ms.name] for r in usable]
         hp = [{a: r.params.get(a) for a in axes} for r in usable]
-        entry: dict[str, Any] = {"what": what, "runs": len(usable)}
+        clusters = [tuple(r.params.get(a) for a in psi_axes) for r in usable]
+        entry: dict[str, Any] = {"what": ms.what, "family": ms.family, "runs": len(usable),
+                                 "configurations": len(set(clusters))}
         for gap in GAPS:
             y = [r.gaps[gap] for r in usable]
-            entry[gap] = {"tau": kendall_tau_b(x, y), "interval": bootstrap_interval(x, y, resamples, seed=seed),
-                          **granulated(hp, x, y, psi_axes)}
-        out[name] = entry
+            entry[gap] = {"tau": kendall_tau_b(x, y),
+                          "interval": cluster_bootstrap_interval(x, y, clusters, resamples, seed=seed),
+                          **granulated(hp, x, y, psi_axes, held=seeds)}
+        out[ms.name] = entry
     return out
 
 
@@ -148,33 +213,82 @@ def _fmt(v: float | None, digits: int = 2) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.{digits}f}"
 
 
-def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str, str]], axes: list[str],
-                    corr: dict[str, Any]) -> str:
-    psi_axes = [a for a in axes if not a.endswith(".seed")]
-    lines = [f"# Geometry against generalization: experiment `{experiment}`", "",
-             f"{len(rows)} runs used, {len(skipped)} skipped (listed at the end). Measures at the final probed "
-             "epoch; gaps: loss gap = test − train loss, error gap = test − train error (full splits). "
-             "τ = Kendall's τ_b over runs with a "
-             "seeded percentile-bootstrap 95% interval (2,000 resamples of runs); Ψ = mean over the axes "
-             f"{', '.join(f'`{a}`' for a in psi_axes) or '(none)'} of the mean τ within groups where only that "
-             "axis varies (Jiang et al. 2020); groups per axis in parentheses. Seeds are replicates, not an axis: "
-             "runs that differ only in their seed share a group.", ""]
-    for gap, what in GAPS.items():
-        lines += [f"## {gap} ({what})", "",
-                  "| measure | runs | τ | 95% interval | Ψ | " + " | ".join(f"ψ `{a}`" for a in psi_axes) + " |",
-                  "| --- | --- | --- | --- | --- |" + " --- |" * len(psi_axes)]
+def _abs_psi(entry: dict[str, Any], gap: str) -> float:
+    v = entry[gap]["Psi"]
+    return -1.0 if v is None or math.isnan(v) else abs(v)
+
+
+def family_summary(corr: dict[str, Any]) -> dict[str, Any]:
+    """Per gap: each family's measure with the largest |Ψ|, families ordered by it, and the lead of the first
+    over the second (in |Ψ|), with whether their τ intervals overlap."""
+    out: dict[str, Any] = {}
+    for gap in GAPS:
+        best: dict[str, str] = {}
         for name, e in corr.items():
-            g = e[gap]
-            per = " | ".join(f"{_fmt(g['axes'][a]['psi'])} ({g['axes'][a]['groups']})" for a in psi_axes)
-            lines.append(f"| {name} | {e['runs']} | {_fmt(g['tau'])} | [{_fmt(g['interval']['low'])}, "
-                         f"{_fmt(g['interval']['high'])}] | {_fmt(g['Psi'])} | {per} |")
+            fam = e["family"]
+            if _abs_psi(e, gap) >= 0 and (fam not in best or _abs_psi(e, gap) > _abs_psi(corr[best[fam]], gap)):
+                best[fam] = name
+        order = sorted(best, key=lambda f: _abs_psi(corr[best[f]], gap), reverse=True)
+        rows = [{"family": f, "measure": best[f], "Psi": corr[best[f]][gap]["Psi"], "tau": corr[best[f]][gap]["tau"],
+                 "interval": [corr[best[f]][gap]["interval"]["low"], corr[best[f]][gap]["interval"]["high"]]}
+                for f in order]
+        lead = None
+        if len(rows) >= 2:
+            a, b = rows[0], rows[1]
+            overlap = not (a["interval"][0] > b["interval"][1] or b["interval"][0] > a["interval"][1])
+            lead = {"winner": a["family"], "runner_up": b["family"], "abs_psi_margin": abs(a["Psi"]) - abs(b["Psi"]),
+                    "tau_intervals_overlap": overlap}
+        out[gap] = {"best_by_family": rows, "lead": lead}
+    return out
+
+
+def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str, str]], axes: list[str],
+                    corr: dict[str, Any], resamples: int = 2000, seed: int = 0) -> str:
+    psi_axes, seeds = split_axes(axes)
+    configs = len({tuple(r.params.get(a) for a in psi_axes) for r in rows})
+    held = f" — the seeds {', '.join(f'`{a}`' for a in seeds)} included —" if seeds else ""
+    lines = [f"# Geometry against generalization: experiment `{experiment}`", "",
+             f"{len(rows)} runs used ({configs} configurations), {len(skipped)} skipped or superseded (listed at the "
+             "end). Measures at the final probed epoch; gaps: loss gap = test − train loss, error gap = test − train "
+             "error (full splits).", "",
+             f"- τ = Kendall's τ_b over runs; **95% interval, cluster bootstrap over {configs} configurations** "
+             f"(each resampled with all its seeds; {resamples:,} resamples, seed {seed}).",
+             f"- Ψ = Jiang et al. 2020's granulated coefficient: the mean over the axes "
+             f"{', '.join(f'`{a}`' for a in psi_axes) or '(none)'} of ψ_i, the mean τ over the groups in which only "
+             f"axis i varies and every other coordinate{held} is fixed; groups per axis in parentheses. Seeds "
+             "are replicates: never an axis of Ψ, never pooled into a group.",
+             "- Within each family the measures are sorted by |Ψ|. An interval that contains 0 does not support a "
+             "sign.", ""]
+    summary = family_summary(corr)
+    for gap, what in GAPS.items():
+        lines += [f"## {gap} ({what})", "", "Best measure of each family (by |Ψ|):", "",
+                  "| family | measure | τ | 95% interval | Ψ |", "| --- | --- | --- | --- | --- |"]
+        for b in summary[gap]["best_by_family"]:
+            lines.append(f"| {b['family']} | {b['measure']} | {_fmt(b['tau'])} | [{_fmt(b['interval'][0])}, "
+                         f"{_fmt(b['interval'][1])}] | {_fmt(b['Psi'])} |")
+        lead = summary[gap]["lead"]
+        if lead:
+            overlap = "overlap" if lead["tau_intervals_overlap"] else "do not overlap"
+            lines += ["", f"On this grid `{lead['winner']}` leads `{lead['runner_up']}` by "
+                      f"{lead['abs_psi_margin']:.2f} in |Ψ|; their τ intervals {overlap}."]
+        lines += ["", "| family | measure | runs | τ | 95% interval | Ψ | " + " | ".join(f"ψ `{a}`" for a in psi_axes)
+                  + " |", "| --- | --- | --- | --- | --- | --- |" + " --- |" * len(psi_axes)]
+        families = list(dict.fromkeys(ms.family for ms in MEASURES))
+        for fam in families:
+            names = sorted((n for n, e in corr.items() if e["family"] == fam), key=lambda n: _abs_psi(corr[n], gap),
+                           reverse=True)
+            for name in names:
+                e, g = corr[name], corr[name][gap]
+                per = " | ".join(f"{_fmt(g['axes'][a]['psi'])} ({g['axes'][a]['groups']})" for a in psi_axes)
+                lines.append(f"| {fam} | {name} | {e['runs']} | {_fmt(g['tau'])} | [{_fmt(g['interval']['low'])}, "
+                             f"{_fmt(g['interval']['high'])}] | {_fmt(g['Psi'])} | {per} |")
         lines.append("")
     lines += ["## Runs used", "", "| run | id | " + " | ".join(f"`{a}`" for a in axes) + " | loss gap | error gap |",
               "| --- | --- |" + " --- |" * len(axes) + " --- | --- |"]
     for r in rows:
         lines.append(f"| {r.name} | `{r.run_id}` | " + " | ".join(str(r.params.get(a)) for a in axes)
                      + f" | {r.gaps['loss_gap']:.4f} | {r.gaps['error_gap']:.4f} |")
-    lines += ["", "## Runs skipped", ""]
+    lines += ["", "## Runs skipped or superseded", ""]
     lines += [f"- {s['name']} (`{s['run_id']}`): {s['reason']}" for s in skipped] or ["- none"]
     return "\n".join(lines) + "\n"
 
@@ -182,7 +296,7 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
 def analyze(experiment: str, out_dir: Path, uri: str | None = None, resamples: int = 2000, seed: int = 0,
             log_run: bool = True, min_train_accuracy: float | None = None) -> dict[str, Any]:
     """Run the analysis of one MLflow experiment into ``out_dir``; return the analysis record."""
-    from landscape.tracking import failures_name_the_store, prepare_env, repo_root, tracking_uri
+    from landscape.tracking import failures_name_the_store, prepare_env, redact_uri, repo_root, tracking_uri
 
     prepare_env()
     uri = uri or tracking_uri(repo_root())
@@ -193,8 +307,8 @@ def analyze(experiment: str, out_dir: Path, uri: str | None = None, resamples: i
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             names = [e.name for e in client.search_experiments(max_results=50)]
-            raise LandscapeError(f"no MLflow experiment '{experiment}' in {uri}; experiments there: "
-                                 f"{', '.join(names) or 'none'}")
+            raise InputError(f"no MLflow experiment '{experiment}' in {redact_uri(uri)}; experiments there: "
+                             f"{', '.join(names) or 'none'}")
         rows, skipped = collect(client, exp.experiment_id, min_train_accuracy)
         if len(rows) < MIN_RUNS:
             raise LandscapeError(f"experiment '{experiment}' has {len(rows)} usable run(s) ({len(skipped)} skipped); "
@@ -205,14 +319,18 @@ def analyze(experiment: str, out_dir: Path, uri: str | None = None, resamples: i
             if threshold:
                 r.trajectory = sorted((int(h.step), h.value / threshold) for h in hist)
         axes = varying_axes(rows)
+        psi_axes, seeds = split_axes(axes)
         corr = correlations(rows, axes, resamples, seed)
         out_dir.mkdir(parents=True, exist_ok=True)
         record = {"experiment": experiment, "experiment_id": exp.experiment_id, "axes": axes,
+                  "psi_axes": psi_axes, "replicate_axes": seeds,
                   "min_train_accuracy": min_train_accuracy,
-                  "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95},
+                  "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95, "unit": "configuration",
+                                "configurations": len({tuple(r.params.get(a) for a in psi_axes) for r in rows})},
+                  "psi": "Jiang et al. 2020: groups hold every other coordinate fixed, seeds included",
                   "runs": [{"run_id": r.run_id, "name": r.name, "axes": {a: r.params.get(a) for a in axes},
                             "measures": r.measures, "gaps": r.gaps} for r in rows],
-                  "skipped": skipped, "correlations": corr}
+                  "skipped": skipped, "correlations": corr, "families": family_summary(corr)}
         run_id = None
         if log_run:
             tags = {ANALYSIS_TAG: "true", "landscape.analysis.runs": ",".join(r.run_id for r in rows)[:5000]}
@@ -220,7 +338,7 @@ def analyze(experiment: str, out_dir: Path, uri: str | None = None, resamples: i
                                        start_time=int(time.time() * 1000)).info.run_id
             record["analysis_run_id"] = run_id
         write_json(out_dir / "analysis.json", record)
-        (out_dir / "report.md").write_text(report_markdown(experiment, rows, skipped, axes, corr))
+        (out_dir / "report.md").write_text(report_markdown(experiment, rows, skipped, axes, corr, resamples, seed))
         from landscape.study.figures import study_figures
 
         figures = study_figures(rows, axes, list(corr), out_dir)

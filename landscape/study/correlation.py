@@ -1,14 +1,17 @@
-"""Rank correlation between a geometry measure and the generalization gap across runs.
+"""Rank correlation between a generalization measure and the generalization gap across runs.
 
-* Kendall's τ_b (ties in either variable corrected): for n runs, over all pairs (i, j),
-  τ_b = (C − D) / √((n₀ − n₁)(n₀ − n₂)), with C / D the concordant / discordant pairs, n₀ = n(n−1)/2, n₁ and n₂
-  the pairs tied in x and in y. τ_b = 1: the measure orders the runs exactly as the gap does.
-* :func:`bootstrap_interval`: a percentile interval of τ_b over runs resampled with replacement (seeded, so
-  the same runs give the same interval); resamples where τ_b is undefined (all tied) are dropped and counted.
-* :func:`granulated` — Jiang et al. 2020's granulated coefficient: for each hyperparameter axis i, the runs are
-  grouped by the values of all *other* axes; ψ_i is the mean τ_b within the groups (≥ 2 runs, τ_b defined) where
-  only axis i varies, and Ψ = the mean of ψ_i over the axes. Ψ asks whether the measure predicts the gap when
-  one thing at a time changes, which a single τ over everything can hide.
+* :func:`kendall_tau_b` — Kendall's τ_b (ties in either variable corrected), by ``scipy.stats.kendalltau``
+  (O(n log n)): over all pairs (i, j), τ_b = (C − D) / √((n₀ − n₁)(n₀ − n₂)), with C / D the concordant /
+  discordant pairs, n₀ = n(n−1)/2, n₁ and n₂ the pairs tied in x and in y. NaN when undefined.
+* :func:`cluster_bootstrap_interval` — a percentile interval of τ_b under the *cluster* bootstrap: the resampled
+  units are configurations (every hyperparameter but the seeds), each drawn with all of its runs. Runs that
+  differ only in their seed are not independent draws of the population of configurations the study asks
+  about, so resampling runs would treat replicates as new evidence and narrow the interval; duplicating every
+  run k times leaves this interval unchanged (τ_b is invariant to it, and so is every resample).
+* :func:`granulated` — Jiang et al. 2020's granulated coefficient (their eq. 4): for each hyperparameter axis i,
+  ψ_i is the mean τ_b over the groups of runs that agree on *every other* coordinate — the seed included — so
+  that only axis i varies inside a group; Ψ is the mean of ψ_i over the axes. Pooling seeds into the groups
+  (the nearest plausible wrong reading) adds seed-only pairs, whose order is noise, and pulls ψ toward 0.
 """
 
 from __future__ import annotations
@@ -16,67 +19,70 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
+
+import numpy as np
 
 
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's τ_b of two equally long sequences; NaN when undefined (fewer than 2 points or all tied)."""
-    n = len(x)
-    if n != len(y):
+    if len(x) != len(y):
         raise ValueError("x and y must have the same length")
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx = (x[i] > x[j]) - (x[i] < x[j])
-            dy = (y[i] > y[j]) - (y[i] < y[j])
-            if dx == 0:
-                ties_x += 1
-            if dy == 0:
-                ties_y += 1
-            if dx * dy > 0:
-                concordant += 1
-            elif dx * dy < 0:
-                discordant += 1
-    pairs = n * (n - 1) // 2
-    denom = math.sqrt((pairs - ties_x) * (pairs - ties_y))
-    return (concordant - discordant) / denom if denom > 0 else math.nan
+    if len(x) < 2:
+        return math.nan
+    from scipy.stats import kendalltau
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns when one side is constant; NaN says it
+        t = float(kendalltau(np.asarray(x, dtype=float), np.asarray(y, dtype=float), variant="b").statistic)
+    return math.nan if math.isnan(t) else t
 
 
-def bootstrap_interval(x: Sequence[float], y: Sequence[float], resamples: int = 2000, level: float = 0.95,
-                       seed: int = 0) -> dict[str, Any]:
-    """Percentile bootstrap interval of τ_b over runs: ``{low, high, resamples, undefined}``."""
+def cluster_bootstrap_interval(x: Sequence[float], y: Sequence[float], clusters: Sequence[Hashable],
+                               resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Percentile interval of τ_b over ``resamples`` cluster-bootstrap samples (seeded): each sample draws as
+    many clusters as there are, with replacement, and takes all runs of each. ``{low, high, mean, resamples,
+    undefined (samples where τ_b was undefined: dropped and counted), level, unit, clusters}``."""
+    members: dict[Hashable, list[int]] = defaultdict(list)
+    for i, c in enumerate(clusters):
+        members[c].append(i)
+    labels = sorted(members, key=repr)  # a fixed order: the same runs give the same interval
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     rng = random.Random(seed)
-    n = len(x)
     values, undefined = [], 0
     for _ in range(resamples):
-        idx = [rng.randrange(n) for _ in range(n)]
-        t = kendall_tau_b([x[i] for i in idx], [y[i] for i in idx])
+        idx = [i for _ in labels for i in members[labels[rng.randrange(len(labels))]]]
+        t = kendall_tau_b(xa[idx], ya[idx])
         if math.isnan(t):
             undefined += 1
         else:
             values.append(t)
+    out: dict[str, Any] = {"resamples": resamples, "undefined": undefined, "level": level, "unit": "configuration",
+                           "clusters": len(labels)}
     if not values:
-        return {"low": math.nan, "high": math.nan, "mean": math.nan, "resamples": resamples, "undefined": undefined,
-                "level": level}
+        return {"low": math.nan, "high": math.nan, "mean": math.nan, **out}
     values.sort()
     lo = values[math.floor((1 - level) / 2 * (len(values) - 1))]
     hi = values[math.ceil((1 + level) / 2 * (len(values) - 1))]
-    return {"low": lo, "high": hi, "mean": statistics.fmean(values), "resamples": resamples, "undefined": undefined,
-            "level": level}
+    return {"low": lo, "high": hi, "mean": statistics.fmean(values), **out}
 
 
-def granulated(hparams: list[dict[str, Any]], x: Sequence[float], y: Sequence[float],
-               axes: Sequence[str]) -> dict[str, Any]:
-    """Ψ and the per-axis ψ_i (with how many groups each had) of measure ``x`` against gap ``y``;
-    ``hparams[k]`` are run k's values of the ``axes``."""
+def granulated(hparams: list[dict[str, Any]], x: Sequence[float], y: Sequence[float], axes: Sequence[str],
+               held: Sequence[str] = ()) -> dict[str, Any]:
+    """Ψ and the per-axis ψ_i (with how many groups each had) of measure ``x`` against gap ``y``.
+
+    ``hparams[k]`` holds run k's values of ``axes`` (the hyperparameters Ψ averages over) and of ``held`` (further
+    coordinates every group holds fixed without being an axis of Ψ: the seeds). A group counts when its axis
+    takes at least two values in it and τ_b is defined there."""
     per_axis: dict[str, Any] = {}
     for axis in axes:
+        others = [a for a in (*axes, *held) if a != axis]
         groups: dict[str, list[int]] = defaultdict(list)
         for k, hp in enumerate(hparams):
-            others = tuple((a, repr(hp[a])) for a in axes if a != axis)
-            groups[repr(others)].append(k)
+            groups[repr(tuple(repr(hp[a]) for a in others))].append(k)
         taus = []
         for members in groups.values():
             if len({repr(hparams[k][axis]) for k in members}) < 2:
