@@ -94,6 +94,14 @@ def tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
 
 
+def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page on an http(s) tracking server, without credentials (a browser asks for them); None for
+    file and database stores (``make ui`` serves those)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{re.sub(r'(?<=://)[^/@]+@', '', uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def redact_uri(uri: str) -> str:
     """The URI with any ``user:password@`` (or ``token@``) replaced by ``***@``: safe to write and print."""
     return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
@@ -127,6 +135,9 @@ def prepare_env() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow prints "View run … at <tracking URI>" itself, credentials and all; the track stage prints its own
+    # line, with the URI redacted
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _metric_value(v: Any) -> float | None:
@@ -277,7 +288,7 @@ def log_pipeline(
             log.info("run %s already holds this pipeline state and these outputs; nothing new logged",
                      reusable.info.run_id)
             return {**description, "run_id": reusable.info.run_id, "run_name": reusable.info.run_name,
-                    "reused": True}
+                    "reused": True, "url": run_url(uri, exp_id, reusable.info.run_id)}
         for run in same:
             if run.info.status == "FINISHED":
                 reason = (f"run {run.info.run_id} has the same params, code and data but other outputs "
@@ -351,7 +362,7 @@ def log_pipeline(
             raise
         client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
         log.info("logged MLflow run %s (%s) to %s", run_id, name, redact_uri(uri))
-        return {**description, "run_id": run_id, "run_name": name, "reused": False}
+        return {**description, "run_id": run_id, "run_name": name, "reused": False, "url": run_url(uri, exp_id, run_id)}
 
 
 def _stale(run: Any) -> bool:

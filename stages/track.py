@@ -44,11 +44,12 @@ def main() -> None:
         [Path("plots") / f"{name}.png" for name in FIGURES],
         timings,
     )
+    url = run.pop("url", None)  # printed, not written: the file names the run, not a machine
     write_json("reports/mlflow_run.json", run)
     data = read_json("data/dataset.json")
     print(f"track: MLflow run {run['run_id']} '{run['run_name']}' ({'reused' if run['reused'] else 'new'}) "
           f"in {run['store']}; data: {data['dataset']} from {data['source_used']} "
-          f"({data['train']['count']} train / {data['test']['count']} test)")
+          f"({data['train']['count']} train / {data['test']['count']} test)" + (f"; {url}" if url else ""))
 
 
 if __name__ == "__main__":

@@ -376,3 +376,47 @@ def test_a_run_is_reused_only_when_its_files_match(reference, tmp_path):
     again = subprocess.run(track, cwd=reference, env=stage_env(), capture_output=True, text=True, timeout=120)
     assert json.loads((reference / "reports/mlflow_run.json").read_text())["run_id"] == reused["run_id"]
     assert again.returncode == 0
+
+
+def test_a_second_writer_never_deletes_a_run_in_progress(reference, tmp_path):
+    """Two writers of one pipeline state on one `mlflow server` (no file lock covers a server): the second
+    leaves the first's unfinished run alone (it used to delete it, and the first then failed), deletes only a
+    run whose writer started long ago (a crash), and when both finish, every reader picks the same run."""
+    from mlflow.tracking import MlflowClient
+
+    from landscape.runner.cluster import start_mlflow_server, stop_session
+    from landscape.tracking import LOGGING_TAG, OUTPUTS_TAG, RUN_KEY_TAG
+
+    saved = (reference / "reports/mlflow_run.json").read_bytes()
+    ml = start_mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", "127.0.0.4")
+    try:
+        client = MlflowClient(ml["uri"])
+        key = json.loads(saved)["run_key"]  # the key does not depend on the store
+        exp = client.create_experiment("landscape")
+        now_ms = int(time.time() * 1000)
+        first = client.create_run(exp, tags={RUN_KEY_TAG: key, LOGGING_TAG: str(now_ms)}).info.run_id
+        crashed = client.create_run(exp, tags={RUN_KEY_TAG: key, LOGGING_TAG: str(now_ms - 2 * 3600_000)}).info.run_id
+        track = [sys.executable, "-m", "stages.track"]
+        env = stage_env(MLFLOW_TRACKING_URI=ml["uri"])
+        second = subprocess.run(track, cwd=reference, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr[-2000:]
+        mine = json.loads((reference / "reports/mlflow_run.json").read_text())
+        assert mine["reused"] is False and mine["run_id"] not in (first, crashed)
+        assert client.get_run(first).info.lifecycle_stage == "active"  # still being written by the first writer
+        assert client.get_run(first).info.status == "RUNNING"
+        assert client.get_run(crashed).info.lifecycle_stage == "deleted"
+        assert "being written by another process" in second.stderr
+        digest = client.get_run(mine["run_id"]).data.tags[OUTPUTS_TAG]
+        client.set_tag(first, OUTPUTS_TAG, digest)  # the first writer completes the same state
+        client.set_tag(first, "landscape.complete", "true")
+        client.set_terminated(first, "FINISHED")
+        runs = [client.get_run(r) for r in (first, mine["run_id"])]
+        expected = max(runs, key=lambda r: (r.info.end_time, r.info.run_id)).info.run_id
+        for _ in range(2):
+            again = subprocess.run(track, cwd=reference, env=env, capture_output=True, text=True, timeout=120)
+            assert again.returncode == 0, again.stderr[-2000:]
+            picked = json.loads((reference / "reports/mlflow_run.json").read_text())
+            assert picked["reused"] is True and picked["run_id"] == expected
+    finally:
+        stop_session(ml["pid"])
+        (reference / "reports/mlflow_run.json").write_bytes(saved)
