@@ -139,6 +139,7 @@ class ProbeConfig(_Group):
     sharpness_radius: float = Field(default=0.5, gt=0)
     ascent_steps: int = Field(default=3, ge=1, le=1000)
     adaptive_radius: float = Field(default=10.0, gt=0)
+    adaptive_worst_case_radius: float = Field(default=2.0, gt=0)
     trace_samples: int = Field(default=8, ge=0)
     trace_method: Literal["hutchinson", "hutch++"] = "hutchinson"
     top_k: int = Field(default=1, ge=1, le=100)

@@ -29,6 +29,7 @@ from landscape.curvature.eigenvalues import lanczos
 from landscape.curvature.hvp import HessianOperator
 from landscape.curvature.trace import hutchinson_trace, hutchpp_trace
 from landscape.evaluation import evaluate, loss_and_gradient, loss_function, losses_function, sum_loss
+from landscape.models import has_batch_norm, network_at
 from landscape.parameters import flatten
 from landscape.sharpness import directional_sharpness, trace_prediction, worst_case_sharpness
 
@@ -126,13 +127,14 @@ def probe(
     lap("directional sharpness")
     grad_fn = loss_and_gradient(model, xp, yp, cfg.eval_batch_size, loss=kind)
     worst = worst_case_sharpness(grad_fn, theta, cfg.sharpness_radius, cfg.ascent_steps, floor=sharp.max_rise,
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, floor_distance=cfg.sharpness_radius)
     magnitude = theta.abs()
     adaptive = directional_sharpness(None, theta, cfg.adaptive_radius, cfg.sharpness_directions, seed=cfg.seed,
                                      losses=losses_function(model, xp, yp, cfg.eval_batch_size, loss=kind),
                                      scale=magnitude)
-    adaptive_worst = worst_case_sharpness(grad_fn, theta, cfg.adaptive_radius, cfg.ascent_steps, scale=magnitude,
-                                          floor=adaptive.max_rise, seed=cfg.seed)
+    # its own radius: the average's random samples lie in another ball, so they are no floor here
+    adaptive_worst = worst_case_sharpness(grad_fn, theta, cfg.adaptive_worst_case_radius, cfg.ascent_steps,
+                                          scale=magnitude, seed=cfg.seed)
     lap("worst-case and adaptive sharpness")
     n = theta.numel()
     record = {
@@ -180,13 +182,31 @@ def probe(
         "sharpness_trace_prediction": trace_prediction(trace.trace, sharp.radius, n) if trace else None,
         "worst_case_sharpness": worst.value,
         "worst_case_best_step": worst.best_step,
+        "worst_case_distance": worst.distance,
         "ascent_steps": cfg.ascent_steps,
         "adaptive_sharpness": adaptive.value,
         "adaptive_sharpness_stderr": adaptive.stderr,
         "adaptive_worst_case_sharpness": adaptive_worst.value,
+        "adaptive_worst_case_distance": adaptive_worst.distance,
         "adaptive_radius": cfg.adaptive_radius,
+        "adaptive_worst_case_radius": cfg.adaptive_worst_case_radius,
     }
     return record, spectrum
+
+
+def stored_statistics_losses(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
+                             test: tuple[torch.Tensor, torch.Tensor], cfg: ProbeConfig, kind: str) -> dict[str, Any]:
+    """With batch norm: the full-split losses with the statistics stored in the checkpoint (training's running
+    averages), kept beside the probe's numbers, which are those of the network at θ (statistics recomputed on
+    the training split). ``batch_norm_statistics`` says which the record's numbers use."""
+    if not has_batch_norm(model):
+        return {"batch_norm_statistics": None}
+    model.eval()
+    tr = evaluate(model, *train, batch_size=cfg.eval_batch_size, loss=kind)
+    te = evaluate(model, *test, batch_size=cfg.eval_batch_size, loss=kind)
+    return {"batch_norm_statistics": "recomputed on the training split at this checkpoint",
+            "train_loss_stored_statistics": tr[0], "train_accuracy_stored_statistics": tr[1],
+            "test_loss_stored_statistics": te[0], "test_accuracy_stored_statistics": te[1]}
 
 
 def check_probe_size(data_root: str, samples: int) -> None:
@@ -245,10 +265,12 @@ def probe_checkpoints(
     for epoch in tqdm(present, desc="probe"):
         ckpt = load_checkpoint(available[epoch])
         model = model_from_checkpoint(ckpt).to(device)
+        stored = stored_statistics_losses(model, train, test, cfg, ckpt["optimizer"].get("loss", "cross_entropy"))
+        network_at(model, train[0], cfg.eval_batch_size)  # with batch norm: statistics recomputed at θ
         parts: dict[str, float] = {}
         rec, spectrum = probe(model, train, test, probe_data, ckpt["optimizer"], cfg, epoch in density,
                               timings=parts)
-        rec = {"epoch": epoch, "diverged": False, **rec}
+        rec = {"epoch": epoch, "diverged": False, **rec, **stored}
         if spectrum is not None:
             spectra.append({"epoch": epoch, **spectrum})
         log.info(

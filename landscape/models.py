@@ -7,8 +7,14 @@
   part ``hidden`` → ``num_classes`` as above.
 
 Initialization is PyTorch's default for each layer (Kaiming-uniform, a = √5, for linear and conv).
-Batch norm is probed in eval mode (its running statistics are constants), so the loss is one fixed function
-of the parameters and its Hessian is well defined; see docs/theory.md.
+
+"The network at θ" has one definition everywhere (:func:`network_at`): with batch norm, its statistics are
+recomputed on the training split at θ — the convention of the path literature, where interpolated weights have
+no stored statistics of their own — and then held fixed (eval mode), so the loss is one fixed function of the
+parameters and its Hessian is well defined. The probe, the line, the surface and the connectivity stage all
+use it, so a surface's centre, a line's endpoint and the probe report the same loss at one checkpoint; the
+statistics stored in the checkpoint (running averages from training) are evaluated beside it by the probe.
+See docs/theory.md §11.
 """
 
 from __future__ import annotations
@@ -108,6 +114,15 @@ def has_batch_norm(model: nn.Module) -> bool:
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def network_at(model: nn.Module, train_x: torch.Tensor, batch_size: int = 4096) -> nn.Module:
+    """``model`` as "the network at θ": eval mode, batch-norm statistics (if any) recomputed on ``train_x``
+    (in place; returns the model)."""
+    if has_batch_norm(model):
+        recompute_batch_norm(model, train_x, batch_size)
+    model.eval()
+    return model
 
 
 @torch.no_grad()

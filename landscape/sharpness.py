@@ -2,17 +2,23 @@
 
 * directional_sharpness = (1/2K) Σ_k [L(θ + d_k) + L(θ − d_k) − 2L(θ)],  d_k = ρ u_k/‖u_k‖,  u_k ~ N(0, I_n).
   Taking each direction in a ± pair cancels the first-order term ⟨∇L, d_k⟩ exactly, so only curvature is
-  left: for a smooth loss each pair equals d_kᵀHd_k + O(ρ⁴), and since E[uuᵀ/‖u‖²] = I/n,
-  E[directional_sharpness] = ρ² tr(H) / (2n) + O(ρ⁴) (docs/theory.md). For ReLU networks that relation does
-  not hold (units switch on/off inside the ball), which is why the probe reports both.
+  left: for a smooth loss each pair's term ½[L(θ+d) + L(θ−d) − 2L(θ)] equals ½ d_kᵀHd_k + O(ρ⁴), and since
+  E[uuᵀ/‖u‖²] = I/n, E[directional_sharpness] = ρ² tr(H) / (2n) + O(ρ⁴) (docs/theory.md). For ReLU networks
+  that relation does not hold (units switch on/off inside the ball), which is why the probe reports both.
 * worst_case_sharpness = max_{‖d‖₂ ≤ ρ} L(θ + d) − L(θ), estimated from below by projected gradient ascent:
   d₁ = ρ ∇L(θ)/‖∇L(θ)‖ (SAM's first step), then d ← Π_ρ(d + ρ ∇L(θ+d)/‖∇L(θ+d)‖), keeping the best iterate;
   the ±d_k of the average are candidates too, so worst ≥ every sampled rise ≥ the average, by construction.
   On a quadratic at its minimum it converges to ρ² λ_max / 2.
 * adaptive (Kwon et al. 2021, ASAM; Andriushchenko et al. 2023): the same two with perturbations scaled
-  elementwise by |θ|, d = |θ| ⊙ u, ‖u‖₂ ≤ ρ_a. Rescaling a ReLU layer's weights by c and the next layer's by
-  1/c leaves the function — and, because |θ| scales alike, every adaptive perturbation — unchanged, so the
-  adaptive values are invariant to it while the plain ones are not.
+  elementwise by |θ|, d = |θ| ⊙ u: the average with ‖u‖₂ = ρ_a (``probe.adaptive_radius``), the worst case over
+  the ellipsoid ‖d/|θ|‖₂ ≤ ρ_w (``probe.adaptive_worst_case_radius``), a radius of its own because ascent
+  concentrates u on the largest |θ_i|, so the worst case's ‖d‖₂ approaches max|θ|·ρ_w while a random u gives
+  ‖d‖₂ ≈ ρ_a‖θ‖₂/√n. Rescaling a ReLU layer's weights by c and the next layer's by 1/c leaves the function —
+  and, because |θ| scales alike, every adaptive perturbation — unchanged, so the adaptive values are invariant to
+  it while the plain ones are not. Departures from Andriushchenko et al.'s code: u on a sphere rather than a
+  Gaussian with per-entry std ρ|θ_i| (their ρ ≈ our ρ_a/√n), the whole probe set rather than the mean over
+  batches of 128 (m-sharpness), and a few normalized ascent steps rather than 20 of APGD with momentum.
+* Every worst case records ``distance``, the realized ‖d‖₂ of the perturbation it reports.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class WorstCaseResult:
     steps: int
     best_step: int
     gradient_evaluations: int
+    distance: float = math.nan  # ‖d‖₂ of the reported perturbation (d = s ⊙ u)
 
 
 def random_directions(n: int, k: int, radius: float, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -97,10 +104,11 @@ def worst_case_sharpness(
     scale: torch.Tensor | None = None,
     floor: float = -math.inf,
     seed: int = 0,
+    floor_distance: float = math.nan,
 ) -> WorstCaseResult:
     """max over ‖u‖ ≤ ρ of L(θ + s ⊙ u) − L(θ) (s = ``scale``, or 1) by ``steps`` steps of normalized projected
-    gradient ascent on u from SAM's first step; ``floor`` is the best rise already sampled elsewhere (the
-    random ± directions), so the result is never below it."""
+    gradient ascent on u from SAM's first step; ``floor`` (with ``floor_distance``, its ‖d‖₂) is the best rise
+    already sampled inside the same ball (the random ± directions), so the result is never below it."""
     if steps < 1 or radius <= 0:
         raise ValueError("need steps >= 1 and radius > 0")
     s = torch.ones_like(theta) if scale is None else scale
@@ -113,12 +121,14 @@ def worst_case_sharpness(
                                 dtype=theta.dtype).to(theta.device)
         norm = float(torch.linalg.vector_norm(direction.double()))
     u = (radius / norm) * direction
-    best, best_step = floor, 0
+    best, best_step, best_distance = floor, 0, floor_distance
     for step in range(1, steps + 1):
-        value, g = loss_and_grad(theta + s * u)
+        d = s * u
+        value, g = loss_and_grad(theta + d)
         evaluations += 1
         if value - base > best:
             best, best_step = value - base, step
+            best_distance = float(torch.linalg.vector_norm(d.double()))
         if step == steps:
             break
         ascent = s * g
@@ -129,7 +139,7 @@ def worst_case_sharpness(
         u_norm = float(torch.linalg.vector_norm(u.double()))
         if u_norm > radius:
             u = u * (radius / u_norm)
-    return WorstCaseResult(best, radius, steps, best_step, evaluations)
+    return WorstCaseResult(best, radius, steps, best_step, evaluations, best_distance)
 
 
 def trace_prediction(trace: float, radius: float, n: int) -> float:

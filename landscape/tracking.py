@@ -68,7 +68,7 @@ EPOCH_METRICS = {
 # record keys that are settings or flags, not measurements: logged as params or not at all
 NOT_METRICS = {"epoch", "diverged", "lr", "momentum", "nesterov", "probe_samples", "sharpness_radius",
                "sharpness_directions", "trace_samples", "lambda_max_converged", "lambda_min_converged",
-               "ascent_steps", "adaptive_radius"}
+               "ascent_steps", "adaptive_radius", "adaptive_worst_case_radius"}
 
 
 def metric_name(key: str) -> str:
@@ -340,7 +340,10 @@ def log_pipeline(
             summary = {**read_json(files["probe_summary"])}
             summary.update({f"line/{k}": v for k, v in read_json(files["line_summary"]).items()})
             if Path(files.get("connect_summary", "")).is_file():
-                summary.update({f"connect/{k}": v for k, v in read_json(files["connect_summary"]).items()})
+                connect = read_json(files["connect_summary"])
+                summary.update({f"connect/{k}": v for k, v in connect.items()})
+                if connect.get("skipped"):  # e.g. no SGD noise: no barrier, and the run says why
+                    client.set_tag(run_id, "landscape.connect_skipped", str(connect["skipped"])[:5000])
             for k, v in summary.items():
                 value = _metric_value(v)
                 if value is not None:

@@ -154,12 +154,14 @@ def _off_cpu(obj: Any) -> bool:
     return False
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """``torch.optim.SGD`` (momentum, Nesterov) or ``torch.optim.Adam`` (β₁ = ``train.momentum``)."""
+def make_optimizer(params: nn.Module | list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``torch.optim.SGD`` (momentum, Nesterov) or ``torch.optim.Adam`` (β₁ = ``train.momentum``), with the
+    run's learning rate and weight decay, over a model's parameters or a list of tensors."""
+    params = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.momentum, cfg.adam_beta2), eps=cfg.adam_eps,
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, cfg.adam_beta2), eps=cfg.adam_eps,
                                 weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay)
 
 

@@ -153,6 +153,27 @@ def _tiny_run(tmp_path):
     return data, cfg
 
 
+@pytest.mark.parametrize("batch_size", ["full", 300, 1000])
+def test_without_sgd_noise_no_barrier_is_reported(tmp_path, batch_size):
+    """Full-batch training (or a batch covering the whole set): the copy's mini-batch order changes nothing, the
+    copies would be one network and a barrier of ~1e-8 would read as perfect connectivity. None is reported."""
+    from landscape.config import ModelConfig, TrainConfig
+    from landscape.data import prepare
+    from landscape.paths.connectivity import connectivity, summary_metrics
+    from landscape.sources import offline_mnist
+    from landscape.training import train
+
+    data = tmp_path / "data"
+    prepare(offline_mnist(0), data, 300, 100, 0)
+    cfg = TrainConfig(epochs=2, batch_size=batch_size, lr=0.1, seed=0)
+    train(ModelConfig(hidden=[8]), cfg, data, tmp_path / "ckpt")
+    rec = connectivity(tmp_path / "ckpt", data, 0, 7, 5, cfg)
+    assert "no SGD noise" in rec["skipped"] and "copy" not in rec
+    assert rec["loss_barrier"] is None and rec["error_barrier"] is None and rec["distance"] is None
+    summary = summary_metrics(rec)
+    assert summary["loss_barrier"] is None and "no SGD noise" in summary["skipped"]
+
+
 def test_a_copy_with_the_same_data_order_is_the_same_network_and_another_order_is_not(tmp_path):
     from landscape.paths.connectivity import connectivity
 
@@ -168,7 +189,7 @@ def test_a_copy_with_the_same_data_order_is_the_same_network_and_another_order_i
     assert set(other) >= {"spawn_epoch", "alpha", "loss", "test_loss", "test_error", "loss_barrier", "error_barrier"}
 
 
-def test_bezier_curve_has_the_fixed_endpoints(tmp_path):
+def test_bezier_curve_has_the_fixed_endpoints(tmp_path):  # and see test_a_trained_bezier_curve_goes_round…
     from landscape.paths.connectivity import connectivity
     from landscape.paths.curves import bezier
 
@@ -180,3 +201,99 @@ def test_bezier_curve_has_the_fixed_endpoints(tmp_path):
     assert len(c["train_loss_history"]) == 2 and all(math.isfinite(v) for v in c["train_loss_history"])
     a, b, m = torch.zeros(3), torch.ones(3), torch.full((3,), 5.0)
     assert torch.equal(bezier(a, m, b, 0.5), torch.full((3,), 0.25 * 0 + 0.5 * 5 + 0.25 * 1))
+
+
+class _Ring(torch.nn.Module):
+    """Two outputs (‖θ‖², 0) whatever the input: under the squared error against class 0 the loss is
+    ½(‖θ‖² − 1)², zero on the unit circle. Between (1, 0.1) and (−1, 0.1) the straight line crosses the middle
+    of the ring (a real barrier, ≈ 0.49 at t = ½); a Bézier curve can go round it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = (self.theta**2).sum() * torch.ones(len(x), dtype=torch.float64)
+        return torch.stack([r, torch.zeros_like(r)], 1)
+
+
+def _ring_loss(theta: torch.Tensor) -> float:
+    return 0.5 * (float(theta @ theta) - 1.0) ** 2
+
+
+def test_a_trained_bezier_curve_goes_round_a_real_barrier():
+    from landscape.config import TrainConfig
+    from landscape.paths.curves import bezier, train_control_point
+
+    a, b = torch.tensor([1.0, 0.1], dtype=torch.float64), torch.tensor([-1.0, 0.1], dtype=torch.float64)
+    x, y = torch.zeros(64, 1, dtype=torch.float64), torch.zeros(64, dtype=torch.long)
+    line_mid = _ring_loss((a + b) / 2)
+    assert line_mid > 0.45  # the barrier on the line
+    untrained = bezier(a, (a + b) / 2, b, 0.5)  # the starting point of training is the line itself
+    assert _ring_loss(untrained) == pytest.approx(line_mid)
+    cfg = TrainConfig(lr=0.05, momentum=0.9)
+    theta_c, hist = train_control_point(_Ring(), a, b, x, y, 30, cfg, batch_size=8, seed=0, loss="mse")
+    curve_mid = _ring_loss(bezier(a, theta_c, b, 0.5))
+    assert curve_mid < 0.1 * line_mid and hist[-1] < 0.1 * hist[0]
+    assert all(_ring_loss(bezier(a, theta_c, b, t)) < line_mid for t in (0.25, 0.5, 0.75))
+
+
+def test_the_control_point_is_trained_with_the_runs_optimizer():
+    """An Adam run's curve is trained with Adam (its β's, ε and learning rate), not with SGD at train.lr."""
+    from landscape.config import TrainConfig
+    from landscape.evaluation import batch_loss
+    from landscape.paths.curves import bezier, train_control_point
+
+    a, b = torch.tensor([1.0, 0.1], dtype=torch.float64), torch.tensor([-1.0, 0.1], dtype=torch.float64)
+    x, y = torch.zeros(6, 1, dtype=torch.float64), torch.zeros(6, dtype=torch.long)
+    adam = TrainConfig(optimizer="adam", lr=0.01, momentum=0.8, adam_beta2=0.99, adam_eps=1e-6)
+    got, _ = train_control_point(_Ring(), a, b, x, y, 2, adam, batch_size=4, seed=3, loss="mse")
+    # the same steps by hand: the generator gives the batch order, then one t per batch
+    g = torch.Generator().manual_seed(3)
+    c = ((a + b) / 2).clone().requires_grad_(True)
+    opt = torch.optim.Adam([c], lr=0.01, betas=(0.8, 0.99), eps=1e-6)
+    for _ in range(2):
+        order = torch.randperm(6, generator=g)
+        for i in range(0, 6, 4):
+            t = float(torch.rand((), generator=g))
+            out = torch.func.functional_call(_Ring(), {"theta": bezier(a, c, b, t)}, (x[order[i : i + 4]],))
+            opt.zero_grad()
+            batch_loss(out, y[order[i : i + 4]], "mse").backward()
+            opt.step()
+    torch.testing.assert_close(got, c.detach(), rtol=1e-12, atol=1e-14)
+    sgd, _ = train_control_point(_Ring(), a, b, x, y, 2, TrainConfig(lr=0.01, momentum=0.8), batch_size=4, seed=3,
+                                 loss="mse")
+    assert not torch.allclose(sgd, got)
+
+
+def test_with_batch_norm_probe_line_and_surface_measure_the_same_network(tmp_path):
+    """"The network at θ" has one definition: batch-norm statistics recomputed on the training split. The probe
+    used the checkpoint's stored running averages before (a BN MLP: probe 0.676 against 0.875 on the line at one
+    checkpoint); now the surface centre and both line endpoints equal the probe's train loss, and the stored-
+    statistics loss, which differs, is kept beside it."""
+    from landscape.config import ModelConfig, ProbeConfig, TrainConfig
+    from landscape.data import prepare
+    from landscape.geometry import probe_checkpoints
+    from landscape.paths.line import line_between_checkpoints
+    from landscape.paths.surface import surface_of_checkpoint
+    from landscape.sources import offline_mnist
+    from landscape.stage_inputs import SurfaceInputs
+    from landscape.training import train
+
+    data, ckpts = tmp_path / "data", tmp_path / "ckpt"
+    prepare(offline_mnist(0), data, train_samples=300, test_samples=100, seed=0)
+    train(ModelConfig(hidden=[24, 24], batch_norm=True), TrainConfig(epochs=2, batch_size=32, lr=0.1, seed=0),
+          data, ckpts)
+    cfg = ProbeConfig(samples=64, lanczos_iters=8, trace_samples=0, sharpness_directions=2, ascent_steps=1,
+                      density_epochs="none", eval_batch_size=128)
+    records, _, _ = probe_checkpoints([1, 2], str(data), str(ckpts), cfg)
+    by_epoch = {r["epoch"]: r for r in records}
+    rows, _ = line_between_checkpoints(str(ckpts), str(data), 1, 2, 3, 0.0, 1.0, 128)
+    surface = surface_of_checkpoint(str(ckpts), str(data), SurfaceInputs(True, 2, 0, "filter", False, 3, 0.5,
+                                                                          "train", None, None, 128, 1, "cpu"))
+    assert rows[0]["loss"] == pytest.approx(by_epoch[1]["train_loss"], rel=1e-5)
+    assert rows[-1]["loss"] == pytest.approx(by_epoch[2]["train_loss"], rel=1e-5)
+    assert surface["loss"][1][1] == pytest.approx(by_epoch[2]["train_loss"], rel=1e-5)
+    for r in records:
+        assert r["batch_norm_statistics"].startswith("recomputed")
+        assert abs(r["train_loss_stored_statistics"] - r["train_loss"]) > 1e-3 * r["train_loss"]

@@ -55,7 +55,7 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     assert len(surface["loss"]) == 5 and all(len(row) == 5 for row in surface["loss"])
     assert surface["loss"][2][2] == pytest.approx(metrics[-1]["train_loss"], rel=1e-6)  # the center is θ
     connect = json.loads((project / "reports/connectivity.json").read_text())
-    assert connect["spawn_epoch"] == 0 and connect["data_seed"] == 1 and len(connect["alpha"]) == 5
+    assert connect["spawn_epoch"] == 0 and connect["data_seed"] == 2654435769 and len(connect["alpha"]) == 5
     assert connect["loss"][0] == pytest.approx(metrics[-1]["train_loss"], rel=1e-6)  # α = 0: the main run
     assert connect["loss_barrier"] >= 0 and connect["distance"] > 0
     spectra = json.loads((project / "reports/spectrum.json").read_text())

@@ -164,3 +164,20 @@ def test_adaptive_sharpness_is_invariant_to_relu_rescaling_and_plain_sharpness_i
     worst = [worst_case_sharpness(loss_and_gradient(m, x, y), t, 0.5, steps=4, scale=t.abs()).value
              for m, t in ((a, ta), (b, tb))]
     assert worst[0] == pytest.approx(worst[1], rel=1e-8)
+
+
+def test_worst_cases_record_the_norm_of_the_perturbation_they_report():
+    """Plain: ascent ends on the sphere, ‖d‖ = ρ. Adaptive: the ellipsoid ‖d/s‖ ≤ ρ_w with one large scale
+    coordinate; ascent concentrates u there, so ‖d‖ lands far above a random u's ρ_w‖s‖/√n and at most
+    ρ_w·max(s) — the reason the worst case needs a radius of its own."""
+    model, c, s, _, _ = make_quadratic([1.0] * 9 + [4.0], seed=3)
+    minimum = (s[:, None] * c).sum(0) / s.sum()
+    lg = _quadratic_loss_and_grad(model, c, s)
+    plain = worst_case_sharpness(lg, minimum, 0.3, steps=20)
+    assert plain.distance == pytest.approx(0.3, rel=1e-9)
+    scale = torch.full_like(minimum, 0.1)
+    scale[0] = 2.0
+    adaptive = worst_case_sharpness(lg, minimum, 0.3, steps=20, scale=scale)
+    assert 0.3 * float(scale.norm()) / len(scale) ** 0.5 * 2 < adaptive.distance <= 0.3 * 2.0 + 1e-12
+    random_floor = worst_case_sharpness(lg, minimum, 0.3, steps=1, floor=1e9, floor_distance=0.25)
+    assert (random_floor.value, random_floor.best_step, random_floor.distance) == (1e9, 0, 0.25)

@@ -7,6 +7,12 @@ weights and optimizer state (momentum buffers) and draws its batches from a gene
 final weight vectors is then evaluated on the train and test splits; a barrier near zero means SGD's noise from
 that point on leads to the same linearly connected basin. Optionally (``curve: bezier``) a quadratic Bézier
 curve between the same endpoints is trained and evaluated beside the line (:mod:`landscape.paths.curves`).
+
+The mini-batch order is the copy's only source of noise. With full-batch training (``train.batch_size: full``,
+or a batch at least as large as the training set) every step sees the whole set whatever the order, the two
+copies are the same network up to float rounding, and a barrier of ~0 between them would read as perfect
+connectivity while nothing was tested: no barrier is reported then (the record's barriers are null, with the
+reason in ``skipped``).
 """
 
 from __future__ import annotations
@@ -70,6 +76,10 @@ def _path_rows(model: torch.nn.Module, thetas: torch.Tensor, ts: list[float], ke
     return rows, summary
 
 
+BARRIER_KEYS = ("distance", "loss_barrier", "test_loss_barrier", "error_barrier", "error_instability_frankle",
+                "train_error_barrier")
+
+
 def connectivity(ckpt_dir: str | Path, data_root: str | Path, spawn_epoch: int, data_seed: int, points: int,
                  train_cfg: TrainConfig, batch_size: int = 4096, curve: str = "none",
                  curve_epochs: int = 2, device: str = "cpu") -> dict[str, Any]:
@@ -88,6 +98,12 @@ def connectivity(ckpt_dir: str | Path, data_root: str | Path, spawn_epoch: int, 
     if last < train_cfg.epochs:
         record["skipped"] = f"the main run has no checkpoint of epoch {train_cfg.epochs} (it stopped at {last})"
         return record
+    if train_cfg.full_batch or train_cfg.batch_size >= len(x):
+        record.update({k: None for k in BARRIER_KEYS})
+        record["skipped"] = (f"no SGD noise: train.batch_size = {train_cfg.batch_size} covers all {len(x)} training "
+                             "examples in every step, so the copy would be the same network (its mini-batch order "
+                             "is its only noise); no barrier is defined")
+        return record
     main = model_from_checkpoint(load_checkpoint(checkpoint_path(ckpt_dir, train_cfg.epochs))).to(device)
     copy, info = train_copy(spawn, train_cfg, x, y, data_seed)
     record["copy"] = info
@@ -104,11 +120,12 @@ def connectivity(ckpt_dir: str | Path, data_root: str | Path, spawn_epoch: int, 
                    **summary})
     if curve == "bezier":
         bs = len(x) if train_cfg.full_batch else train_cfg.batch_size
-        theta_c, hist = train_control_point(main, theta_a, theta_b, x, y, curve_epochs, train_cfg.lr,
-                                            train_cfg.momentum, bs, data_seed, kind)
+        theta_c, hist = train_control_point(main, theta_a, theta_b, x, y, curve_epochs, train_cfg, bs, data_seed,
+                                            kind)
         thetas = torch.stack([bezier(theta_a, theta_c, theta_b, t) for t in alphas])
         crows, csummary = _path_rows(main, thetas, alphas, "t", train, test, batch_size, kind)
-        record["curve"] = {"kind": "quadratic bezier", "epochs": curve_epochs, "train_loss_history": hist, "t": alphas,
+        record["curve"] = {"kind": "quadratic bezier", "epochs": curve_epochs, "optimizer": train_cfg.optimizer,
+                           "train_loss_history": hist, "t": alphas,
                            **{k: [r[k] for r in crows] for k in ("loss", "test_loss", "train_error", "test_error")},
                            **csummary}
     return record
@@ -116,8 +133,7 @@ def connectivity(ckpt_dir: str | Path, data_root: str | Path, spawn_epoch: int, 
 
 def summary_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """The DVC metrics file ``reports/connect_summary.json``: barrier heights and what they are between."""
-    keys = ("spawn_epoch", "data_seed", "distance", "loss_barrier", "test_loss_barrier", "error_barrier",
-            "error_instability_frankle", "train_error_barrier", "skipped")
+    keys = ("spawn_epoch", "data_seed", *BARRIER_KEYS, "skipped")
     out = {k: record[k] for k in keys if k in record}
     if "curve" in record:
         out.update({f"curve_{k}": record["curve"][k] for k in ("loss_barrier", "error_barrier")})

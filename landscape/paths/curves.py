@@ -2,7 +2,9 @@
 
 θ(t) = (1 − t)²·θ_a + 2t(1 − t)·θ_c + t²·θ_b, t ∈ [0, 1], with fixed endpoints θ_a, θ_b and one trained
 control point θ_c (initialized at the midpoint, so training starts from the straight line). Training minimizes
-E_{t~U(0,1)} L(θ(t)) by SGD on θ_c with one random t per mini-batch; ∂θ(t)/∂θ_c = 2t(1 − t).
+E_{t~U(0,1)} L(θ(t)) with one random t per mini-batch; ∂θ(t)/∂θ_c = 2t(1 − t). The optimizer is the run's own
+(``train.optimizer``, learning rate, momentum or Adam's β's, weight decay: :func:`landscape.training.make_optimizer`)
+and the batch size the run's, as Garipov et al. train the curve with the settings of the networks it joins.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from torch import nn
 from torch.func import functional_call
 from tqdm import tqdm
 
+from landscape.config import TrainConfig
 from landscape.evaluation import batch_loss
 from landscape.parameters import unflatten
+from landscape.training import make_optimizer
 
 
 def bezier(theta_a: torch.Tensor, theta_c: torch.Tensor, theta_b: torch.Tensor, t: float) -> torch.Tensor:
@@ -30,19 +34,18 @@ def train_control_point(
     x: torch.Tensor,
     y: torch.Tensor,
     epochs: int,
-    lr: float,
-    momentum: float,
+    train_cfg: TrainConfig,
     batch_size: int,
     seed: int,
     loss: str = "cross_entropy",
 ) -> tuple[torch.Tensor, list[float]]:
-    """θ_c after ``epochs`` passes of SGD(lr, momentum) over (x, y), one t ~ U(0, 1) per mini-batch (both the
+    """θ_c after ``epochs`` passes of the run's optimizer over (x, y), one t ~ U(0, 1) per mini-batch (both the
     batch order and t drawn from a generator seeded with ``seed``); also the mean loss of each epoch. Batch
     norm, if any, runs in train mode on each mini-batch, as in training (its statistics are recomputed at
     every evaluated point afterwards)."""
     g = torch.Generator().manual_seed(seed)
     theta_c = ((theta_a + theta_b) / 2).clone().requires_grad_(True)
-    opt = torch.optim.SGD([theta_c], lr=lr, momentum=momentum)
+    opt = make_optimizer([theta_c], train_cfg)
     work = copy.deepcopy(model)  # batch-norm buffers move in train mode: not the caller's model
     work.train()
     history = []
