@@ -7,9 +7,9 @@ L_S(θ) = (1/|S|) Σ_{i∈S} ℓ(f(x_i; θ), y_i), model in eval mode, with ℓ 
   the classes and halved, so that its Hessian with respect to the outputs is the identity.
 
 Per-example losses are summed in float64 so that differences of L_S at nearby θ (the sharpness estimates) are
-not lost to float32 rounding. :func:`evaluate_many` evaluates many parameter vectors (surface grid points,
-sharpness directions, path points) in one pass over the data: one shared facility. For the package's plain
-MLP it stacks the weight matrices (the first layer of all sets is one matrix product); other models go through
+not lost to float32 rounding. One shared facility evaluates many parameter vectors in one pass over the data
+(:mod:`landscape.stacked`): :func:`evaluate_affine` for the points of a line, plane or curve (their first layer
+factorized exactly), :func:`evaluate_many` for arbitrary points; models without a layer plan go through
 ``torch.func.vmap`` over ``functional_call``. (Skipping input features that are constant over a batch, as the
 R-operator does, did not pay here: finding them and copying the other columns cost more than the saved
 products, 0.364 s against 0.341 s for the 60,000 training examples.)
@@ -18,13 +18,16 @@ products, 0.364 s against 0.341 s for the 60,000 training examples.)
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from tqdm import tqdm
 
-from landscape.parameters import flatten, unflatten
+from landscape.parameters import unflatten
+from landscape.stacked import AffinePoints, ChunkProducts, layer_plan, stacked_outputs, stats_rows
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -68,43 +71,89 @@ def sum_loss(kind: str) -> SumLoss:
     return SUM_LOSSES[kind]
 
 
-def _plain_mlp(model: nn.Module) -> list[nn.Module] | None:
-    """The layers of the package's plain MLP (Linear / activation only), else None."""
-    from landscape.models import MLP
-
-    if not isinstance(model, MLP):
-        return None
-    layers = list(model.net)
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers):
-        return None
-    return layers
+def _stored_stats(model: nn.Module, plan: Any, m: int) -> Any:
+    """The model's own batch-norm statistics for each of m sets (perturbations of one network keep its
+    statistics: the Hessian and the sharpness are of the network at θ with its statistics fixed)."""
+    out = {}
+    for lay in plan.batch_norms:
+        bn = lay.module
+        out[lay.name] = (bn.running_mean.expand(m, -1), bn.running_var.expand(m, -1))
+    return out
 
 
-def _mlp_outputs(layers: list[nn.Module], thetas: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-    """Outputs (m, B, C) of the MLP at each row of ``thetas`` (m, n) on the batch ``xb`` (B, d)."""
+def evaluate_affine(
+    model: nn.Module,
+    points: AffinePoints,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 4096,
+    loss: str = "cross_entropy",
+    stats: Any = None,
+    factorize: bool | None = None,
+    group: int | None = None,
+    max_elements: int = 2**24,
+    desc: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """``(L_S, accuracy, route)`` at each point θ_j = base + Σ_k c_jk v_k (:class:`landscape.stacked.AffinePoints`):
+    two float64 tensors of length m and the route taken — ``factorized`` (the first layer's K + 1 products per
+    chunk serve every point), ``stacked`` (each point's own first layer) or ``vmap`` (a model without a layer
+    plan). ``stats``: batch-norm statistics per point (:func:`landscape.stacked.recompute_stats`); default the
+    model's own for every point. ``desc``: show a progress bar over the points under that name. The model's
+    parameters and buffers are not modified."""
+    plan = layer_plan(model)
+    if plan is None:
+        losses, accs = _vmap_many(model, points.thetas(), x, y, batch_size, loss, group or 8, max_elements)
+        return losses, accs, "vmap"
+    if factorize is None:
+        factorize = not points.explicit and points.k + 1 < points.m
+    group = group or (16 if factorize else 8)
+    m = points.m
+    if plan.batch_norms and stats is None:
+        stats = _stored_stats(model, plan, m)
+    widest = max((p.shape[0] for p in model.parameters() if p.dim() >= 1), default=1)
+    spatial = 784 if any(isinstance(lay.module, nn.Conv2d) for lay in plan.layers) else 1
+    rows = max(1, min(batch_size, max_elements // max(1, min(group, m) * widest * spatial)))
+    totals = torch.zeros(m, dtype=torch.float64)
+    correct = torch.zeros(m, dtype=torch.float64)
+    chunks = ChunkProducts(plan, points, x, rows, factorize)
+    with torch.no_grad():
+        starts = range(0, m, group)
+        for start in tqdm(starts, desc=desc, unit="group", leave=False) if desc else starts:  # one group alive
+            sl = slice(start, min(start + group, m))
+            thetas, st = points.thetas(sl), stats_rows(stats, sl)
+            for i, xb, prod in chunks:
+                yb = y[i : i + len(xb)]
+                out = stacked_outputs(plan, xb, points, sl, thetas, st, prod)
+                totals[sl] += per_example_loss(out, yb.expand(out.shape[0], -1), loss).double().sum(1).cpu()
+                correct[sl] += (out.argmax(-1) == yb).sum(1).double().cpu()
+    return totals / len(x), correct / len(x), "factorized" if factorize else "stacked"
+
+
+def _vmap_many(model: nn.Module, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+               loss: str, sets_per_pass: int, max_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The direct route for any model: ``torch.func.vmap`` over ``functional_call``, eval mode."""
     m = thetas.shape[0]
-    lins = [layer for layer in layers if isinstance(layer, nn.Linear)]
-    acts = [layer for layer in layers if not isinstance(layer, nn.Linear)]
-    offset, weights = 0, []
-    for lin in lins:
-        out_f, in_f = lin.weight.shape
-        w = thetas[:, offset : offset + out_f * in_f].view(m, out_f, in_f)
-        offset += out_f * in_f
-        b = thetas[:, offset : offset + out_f]
-        offset += out_f
-        weights.append((w, b))
-    x = xb.flatten(1).to(thetas.dtype)
-    w1, bias = weights[0]
-    h1 = w1.shape[1]
-    if m == 1:  # plain matrix products (a batch of one set would cost more through bmm)
-        a = torch.addmm(bias[0], x, w1[0].t())
-        for k, (w, b) in enumerate(weights[1:]):
-            a = torch.addmm(b[0], acts[k](a), w[0].t())
-        return a.unsqueeze(0)
-    a = (torch.mm(x, w1.reshape(m * h1, -1).t()).view(len(x), m, h1) + bias).transpose(0, 1)  # (m, B, h1)
-    for k, (w, b) in enumerate(weights[1:]):
-        a = torch.baddbmm(b.unsqueeze(1), acts[k](a), w.transpose(1, 2))
-    return a
+    totals = torch.zeros(m, dtype=torch.float64)
+    correct = torch.zeros(m, dtype=torch.float64)
+    widest = max((p.shape[0] for p in model.parameters() if p.dim() >= 1), default=1)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for j in range(0, m, sets_per_pass):
+                part = thetas[j : j + sets_per_pass]
+                names = [n for n, _ in model.named_parameters()]
+                stacked = {n: torch.stack([unflatten(t, model)[n] for t in part]) for n in names}
+                batched = torch.func.vmap(lambda p, xb: functional_call(model, p, (xb,)), in_dims=(0, None))
+                rows = max(1, min(batch_size, max_elements // max(1, len(part) * widest)))
+                for i in range(0, len(x), rows):
+                    xb, yb = x[i : i + rows], y[i : i + rows]
+                    out = batched(stacked, xb)
+                    totals[j : j + len(part)] += per_example_loss(out, yb.expand(len(part), -1), loss).double().sum(1)
+                    correct[j : j + len(part)] += (out.argmax(-1) == yb).sum(1).double()
+    finally:
+        model.train(was_training)
+    return totals / len(x), correct / len(x)
 
 
 def evaluate_many(
@@ -117,44 +166,13 @@ def evaluate_many(
     sets_per_pass: int = 8,
     max_elements: int = 2**24,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(L_S, accuracy)`` at each row of ``thetas`` (m, n): two float64 tensors of length m.
-
-    The rows are evaluated ``sets_per_pass`` at a time (8 is the fastest per set on this machine's CPU for
-    the default MLP: 17% less time per set than one at a time; 17 at once is slower again, out of cache).
-    The model's own parameters and buffers are not modified; it is evaluated in eval mode. Rows of the data
-    per pass are capped so that about ``max_elements`` activations are alive at once.
-    """
-    thetas = thetas.reshape(-1, thetas.shape[-1])
-    if len(thetas) > sets_per_pass:
-        parts = [evaluate_many(model, thetas[i : i + sets_per_pass], x, y, batch_size, loss, sets_per_pass,
-                               max_elements) for i in range(0, len(thetas), sets_per_pass)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    m = thetas.shape[0]
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(m, dtype=torch.float64)
-    correct = torch.zeros(m, dtype=torch.float64)
-    layers = _plain_mlp(model)
-    widest = max((p.shape[0] for p in model.parameters() if p.dim() >= 1), default=1)
-    rows = max(1, min(batch_size, max_elements // max(1, m * widest)))
-    try:
-        with torch.no_grad():
-            if layers is None:
-                names = [n for n, _ in model.named_parameters()]
-                stacked = {n: torch.stack([unflatten(t, model)[n] for t in thetas]) for n in names}
-
-                def outputs_of(params: dict, xb: torch.Tensor) -> torch.Tensor:
-                    return functional_call(model, params, (xb,))
-
-                batched = torch.func.vmap(outputs_of, in_dims=(0, None))
-            for i in range(0, len(x), rows):
-                xb, yb = x[i : i + rows], y[i : i + rows]
-                out = _mlp_outputs(layers, thetas, xb) if layers is not None else batched(stacked, xb)
-                totals += per_example_loss(out, yb.expand(m, -1), loss).double().sum(1).cpu()
-                correct += (out.argmax(-1) == yb).sum(1).double().cpu()
-    finally:
-        model.train(was_training)
-    return totals / len(x), correct / len(x)
+    """``(L_S, accuracy)`` at each row of ``thetas`` (m, n), each with its own weights, ``sets_per_pass`` side by
+    side (8 is the fastest per set on this machine's CPU for the default MLP: 17% less time per set than one at a
+    time); batch norm with the model's own statistics. For points of a line, a plane or a curve use
+    :func:`evaluate_affine`, which shares their first layer."""
+    losses, accs, _ = evaluate_affine(model, AffinePoints.of(thetas), x, y, batch_size, loss, factorize=False,
+                                      group=sets_per_pass, max_elements=max_elements)
+    return losses, accs
 
 
 def evaluate(
@@ -165,10 +183,23 @@ def evaluate(
     theta: torch.Tensor | None = None,
     loss: str = "cross_entropy",
 ) -> tuple[float, float]:
-    """``(L_S, accuracy)`` over all of (x, y); at flat parameters ``theta`` if given (model untouched)."""
-    theta = flatten(model) if theta is None else theta
-    losses, accs = evaluate_many(model, theta[None], x, y, batch_size, loss)
-    return float(losses[0]), float(accs[0])
+    """``(L_S, accuracy)`` over all of (x, y), model in eval mode (batch norm with its own statistics); at flat
+    parameters ``theta`` if given (the model untouched)."""
+    params = None if theta is None else unflatten(theta, model)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64)
+    right = torch.zeros((), dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+                out = model(xb) if params is None else functional_call(model, params, (xb,))
+                total += per_example_loss(out, yb, loss).double().sum().cpu()
+                right += (out.argmax(-1) == yb).sum().double().cpu()
+    finally:
+        model.train(was_training)
+    return float(total) / len(x), float(right) / len(x)
 
 
 def loss_function(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096,
@@ -182,11 +213,14 @@ def loss_function(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
 
 
 def losses_function(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096,
-                    loss: str = "cross_entropy") -> Callable[[torch.Tensor], torch.Tensor]:
-    """Θ (m, n) ↦ the m losses L_S(θ_j) in float64, in one pass over the data (:func:`evaluate_many`)."""
+                    loss: str = "cross_entropy") -> Callable[[torch.Tensor | AffinePoints], torch.Tensor]:
+    """Points ↦ their m losses L_S(θ_j) in float64, in one pass over the data: a tensor Θ (m, n) of arbitrary
+    points, or :class:`~landscape.stacked.AffinePoints` (the sharpness's ± pairs share the first layer)."""
 
-    def values(thetas: torch.Tensor) -> torch.Tensor:
-        return evaluate_many(model, thetas, x, y, batch_size, loss)[0]
+    def values(points: torch.Tensor | AffinePoints) -> torch.Tensor:
+        if isinstance(points, AffinePoints):
+            return evaluate_affine(model, points, x, y, batch_size, loss)[0]
+        return evaluate_many(model, points, x, y, batch_size, loss)[0]
 
     return values
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from landscape.stacked import AffinePoints
+
 
 @dataclass(frozen=True)
 class SharpnessResult:
@@ -83,8 +85,10 @@ def directional_sharpness(
     d = random_directions(theta.numel(), directions, radius, seed, theta.dtype).to(theta.device)
     if scale is not None:
         d = d * scale
-    if losses is not None:
-        values = losses(torch.cat([theta[None], theta + d, theta - d])).tolist()
+    if losses is not None:  # θ, θ + d_k, θ − d_k: K directions, 2K + 1 points sharing the first layer's products
+        k = torch.eye(directions, dtype=theta.dtype, device=theta.device)
+        coeffs = torch.cat([torch.zeros(1, directions, dtype=theta.dtype, device=theta.device), k, -k])
+        values = losses(AffinePoints(theta, d, coeffs)).tolist()
         base, plus, minus = values[0], values[1 : directions + 1], values[directions + 1 :]
     else:
         base = loss(theta)

@@ -30,9 +30,10 @@ from landscape.errors import LandscapeError
 from landscape.models import has_batch_norm
 from landscape.parameters import flatten
 from landscape.paths.barrier import barrier
-from landscape.paths.curves import bezier, train_control_point
-from landscape.paths.line import alpha_grid
+from landscape.paths.curves import bezier_points, train_control_point
+from landscape.paths.line import alpha_grid, line_points
 from landscape.paths.points import BN_NOTE, evaluate_points
+from landscape.stacked import AffinePoints
 from landscape.training import make_optimizer, train_epoch
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,10 @@ def train_copy(ckpt: dict[str, Any], train_cfg: TrainConfig, x: torch.Tensor, y:
     return model, {"history": history, "diverged": any(h["diverged"] for h in history)}
 
 
-def _path_rows(model: torch.nn.Module, thetas: torch.Tensor, ts: list[float], key: str, train, test,
+def _path_rows(model: torch.nn.Module, points: AffinePoints, ts: list[float], key: str, train, test,
                batch_size: int, loss: str) -> tuple[list[dict[str, float]], dict[str, float]]:
-    res = evaluate_points(model, thetas, {"train": train, "test": test}, batch_size, loss, bn_data=train[0])
+    res, route = evaluate_points(model, points, {"train": train, "test": test}, batch_size, loss, bn_data=train[0],
+                                 desc=key)
     rows = [{key: t, "loss": float(res["train"][0][j]), "test_loss": float(res["test"][0][j]),
              "train_error": 1.0 - float(res["train"][1][j]), "test_error": 1.0 - float(res["test"][1][j])}
             for j, t in enumerate(ts)]
@@ -72,6 +74,7 @@ def _path_rows(model: torch.nn.Module, thetas: torch.Tensor, ts: list[float], ke
         "error_barrier": test_err["barrier"],
         "error_instability_frankle": test_err["frankle"],
         "train_error_barrier": barrier(ts_list, [r["train_error"] for r in rows])["barrier"],
+        "evaluation": route,
     }
     return rows, summary
 
@@ -112,8 +115,8 @@ def connectivity(ckpt_dir: str | Path, data_root: str | Path, spawn_epoch: int, 
         return record
     theta_a, theta_b = flatten(main), flatten(copy)
     alphas = alpha_grid(points)
-    a = torch.tensor(alphas, dtype=theta_a.dtype, device=theta_a.device)[:, None]
-    rows, summary = _path_rows(main, (1 - a) * theta_a + a * theta_b, alphas, "alpha", train, test, batch_size, kind)
+    rows, summary = _path_rows(main, line_points(theta_a, theta_b, alphas), alphas, "alpha", train, test, batch_size,
+                               kind)
     record.update({"distance": float((theta_b - theta_a).double().norm()), "batch_norm": BN_NOTE[has_batch_norm(main)],
                    "alpha": alphas, "loss": [r["loss"] for r in rows], "test_loss": [r["test_loss"] for r in rows],
                    "train_error": [r["train_error"] for r in rows], "test_error": [r["test_error"] for r in rows],
@@ -122,8 +125,8 @@ def connectivity(ckpt_dir: str | Path, data_root: str | Path, spawn_epoch: int, 
         bs = len(x) if train_cfg.full_batch else train_cfg.batch_size
         theta_c, hist = train_control_point(main, theta_a, theta_b, x, y, curve_epochs, train_cfg, bs, data_seed,
                                             kind)
-        thetas = torch.stack([bezier(theta_a, theta_c, theta_b, t) for t in alphas])
-        crows, csummary = _path_rows(main, thetas, alphas, "t", train, test, batch_size, kind)
+        crows, csummary = _path_rows(main, bezier_points(theta_a, theta_c, theta_b, alphas), alphas, "t", train, test,
+                                     batch_size, kind)
         record["curve"] = {"kind": "quadratic bezier", "epochs": curve_epochs, "optimizer": train_cfg.optimizer,
                            "train_loss_history": hist, "t": alphas,
                            **{k: [r[k] for r in crows] for k in ("loss", "test_loss", "train_error", "test_error")},

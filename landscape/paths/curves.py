@@ -20,11 +20,19 @@ from tqdm import tqdm
 from landscape.config import TrainConfig
 from landscape.evaluation import batch_loss
 from landscape.parameters import unflatten
+from landscape.stacked import AffinePoints
 from landscape.training import make_optimizer
 
 
 def bezier(theta_a: torch.Tensor, theta_c: torch.Tensor, theta_b: torch.Tensor, t: float) -> torch.Tensor:
     return (1 - t) ** 2 * theta_a + 2 * t * (1 - t) * theta_c + t * t * theta_b
+
+
+def bezier_points(theta_a: torch.Tensor, theta_c: torch.Tensor, theta_b: torch.Tensor, ts: list[float]) -> AffinePoints:
+    """The curve at ``ts`` as an affine family: θ(t) = θ_a + 2t(1 − t)(θ_c − θ_a) + t²(θ_b − θ_a)."""
+    t = torch.tensor(ts, dtype=theta_a.dtype, device=theta_a.device)
+    return AffinePoints(theta_a, torch.stack([theta_c - theta_a, theta_b - theta_a]),
+                        torch.stack([2 * t * (1 - t), t * t], 1))
 
 
 def train_control_point(

@@ -16,7 +16,8 @@ from torch import nn
 from landscape.errors import LandscapeError
 from landscape.models import has_batch_norm
 from landscape.paths.barrier import path_barriers
-from landscape.paths.points import BN_NOTE, evaluate_points
+from landscape.paths.points import BN_NOTE, evaluate_points, route_of
+from landscape.stacked import AffinePoints
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,17 @@ def line_losses(
 ) -> list[dict[str, Any]]:
     """One record per α: train loss (``loss``) and accuracy over the full train split, test loss/accuracy
     (batch-norm statistics recomputed on the train split at every α where the model has them)."""
-    a = torch.tensor(alphas, dtype=theta_a.dtype, device=theta_a.device)[:, None]
-    thetas = (1.0 - a) * theta_a + a * theta_b
-    res = evaluate_points(model, thetas, {"train": train, "test": test}, batch_size, loss, bn_data=train[0])
+    res, _ = evaluate_points(model, line_points(theta_a, theta_b, alphas), {"train": train, "test": test},
+                             batch_size, loss, bn_data=train[0], desc="line")
     return [{"alpha": alpha, "loss": float(res["train"][0][j]), "train_accuracy": float(res["train"][1][j]),
              "test_loss": float(res["test"][0][j]), "test_accuracy": float(res["test"][1][j])}
             for j, alpha in enumerate(alphas)]
+
+
+def line_points(theta_a: torch.Tensor, theta_b: torch.Tensor, alphas: list[float]) -> AffinePoints:
+    """θ(α) = θ_a + α(θ_b − θ_a) as an affine family (one direction: the first layer's products are shared)."""
+    a = torch.tensor(alphas, dtype=theta_a.dtype, device=theta_a.device)[:, None]
+    return AffinePoints(theta_a, (theta_b - theta_a)[None], a)
 
 
 def resolve_endpoints(ckpt_dir: str, start: int, end: int) -> tuple[int, int, str | None]:
@@ -104,6 +110,7 @@ def interpolate_checkpoints(
         "distance": float(torch.linalg.vector_norm((theta_b - theta_a).double())),
         "loss_kind": kind,
         "batch_norm": BN_NOTE[has_batch_norm(ends[0])],
+        "evaluation": route_of(ends[0], line_points(theta_a, theta_b, alphas)),
         **path_barriers(rows),
     }
     return rows, summary

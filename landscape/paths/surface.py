@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from landscape.models import has_batch_norm
 from landscape.parameters import flatten
 from landscape.paths.directions import plane_directions
 from landscape.paths.points import BN_NOTE, evaluate_points
+from landscape.stacked import AffinePoints
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 def grid_axis(points: int, extent: float) -> list[float]:
     """``points`` evenly spaced values over [−extent, extent] (0 included when ``points`` is odd)."""
     return [float(v) for v in np.round(np.linspace(-extent, extent, points), 12)]
+
+
+def plane_points(theta: torch.Tensor, delta: torch.Tensor, eta: torch.Tensor, xs: list[float],
+                 ys: list[float]) -> AffinePoints:
+    """θ + xδ + yη over the grid, row-major (y down the rows, x along them), as an affine family."""
+    grid = torch.tensor([[xv, yv] for yv in ys for xv in xs], dtype=theta.dtype, device=theta.device)
+    return AffinePoints(theta, torch.stack([delta, eta]), grid)
 
 
 def loss_surface(
@@ -45,15 +52,14 @@ def loss_surface(
     theta = flatten(model)
     delta, eta = plane_directions(model, normalization, seed, orthogonalize)
     xs, ys = grid_axis(points, extent), grid_axis(points, extent)
-    loss_rows, acc_rows = [], []
-    for yv in tqdm(ys, desc="surface", leave=False):
-        thetas = torch.stack([theta + xv * delta + yv * eta for xv in xs])
-        res = evaluate_points(model, thetas, {"split": data}, batch_size, loss, bn_data=bn_data)["split"]
-        loss_rows.append(res[0].tolist())
-        acc_rows.append(res[1].tolist())
+    plane = plane_points(theta, delta, eta, xs, ys)
+    res, route = evaluate_points(model, plane, {"split": data}, batch_size, loss, bn_data=bn_data, desc="surface")
+    losses, accs = res["split"]
+    loss_rows = losses.view(len(ys), len(xs)).tolist()
+    acc_rows = accs.view(len(ys), len(xs)).tolist()
     d64, e64 = delta.double(), eta.double()
     return {
-        "x": xs, "y": ys, "loss": loss_rows, "accuracy": acc_rows,
+        "x": xs, "y": ys, "loss": loss_rows, "accuracy": acc_rows, "evaluation": route,
         "normalization": normalization, "orthogonalize": orthogonalize, "seed": seed, "range": extent,
         "points": points, "samples": len(data[1]), "loss_kind": loss,
         "direction_norms": {"delta": float(d64.norm()), "eta": float(e64.norm()),
