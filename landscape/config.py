@@ -172,6 +172,7 @@ MAX_FIGURE_PIXELS = 8000  # per side: larger figures exhaust memory in matplotli
 class SurfaceConfig(_Group):
     enabled: bool = True
     epoch: int | None = Field(default=None, ge=0)
+    directions: Literal["random", "pca", "hessian"] = "random"
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     normalization: Literal["filter", "layer", "none"] = "filter"
     orthogonalize: bool = False
@@ -187,6 +188,31 @@ class ConnectConfig(_Group):
     points: int = Field(default=21, ge=3, le=1001)
     curve: Literal["none", "bezier"] = "none"
     curve_epochs: int = Field(default=2, ge=1, le=10000)
+
+
+class MeasuresConfig(_Group):
+    """Generalization measures at the final checkpoint (landscape.measures): norms and margins, PAC-Bayes
+    flatness, weight spectra, #steps."""
+
+    enabled: bool = True
+    margin_percentile: float = Field(default=10.0, gt=0, lt=100)
+    pacbayes: bool = True
+    pacbayes_deviation: float = Field(default=0.1, gt=0, lt=1)
+    pacbayes_depth: int = Field(default=15, ge=1, le=60)
+    pacbayes_samples: int = Field(default=10, ge=1, le=10000)
+    pacbayes_tolerance: float = Field(default=0.01, gt=0, lt=1)
+    pacbayes_examples: int | None = Field(default=10000, ge=1)  # at most; None = the whole training split
+    pacbayes_seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    pacbayes_magnitude_eps: float = Field(default=1e-3, gt=0)
+    weightwatcher: bool = True
+    steps_threshold: float = Field(default=0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _tolerance(self) -> MeasuresConfig:
+        if self.pacbayes_tolerance >= self.pacbayes_deviation:
+            raise ValueError(f"measures.pacbayes_tolerance = {self.pacbayes_tolerance} must be below "
+                             f"measures.pacbayes_deviation = {self.pacbayes_deviation} (else any σ stops the search)")
+        return self
 
 
 class PlotConfig(_Group):
@@ -225,6 +251,7 @@ class Params(_Group):
     interpolate: InterpolateConfig = Field(default_factory=InterpolateConfig)
     surface: SurfaceConfig = Field(default_factory=SurfaceConfig)
     connect: ConnectConfig = Field(default_factory=ConnectConfig)
+    measures: MeasuresConfig = Field(default_factory=MeasuresConfig)
     plot: PlotConfig = Field(default_factory=PlotConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
 
@@ -251,6 +278,13 @@ class Params(_Group):
                 f"params.yaml: surface.epoch = {self.surface.epoch}: no checkpoint for that epoch; allowed: null "
                 f"(the last) or one of the saved epochs {_short(saved)}",
                 key="surface.epoch",
+            )
+        if self.surface.enabled and self.surface.directions == "pca" and len(saved) < 3:
+            raise ConfigError(
+                f"params.yaml: surface.directions = pca with saved checkpoints {_short(saved)}: the trajectory's "
+                "principal directions need at least 3 checkpoints; allowed: train.epochs and "
+                "train.checkpoint_every that save 3 or more, or surface.directions = random | hessian",
+                key="surface.directions",
             )
         if self.connect.enabled and (self.connect.spawn_epoch not in saved
                                      or self.connect.spawn_epoch >= self.train.epochs):
@@ -366,6 +400,7 @@ GROUPS: dict[str, type[BaseModel]] = {
     "interpolate": InterpolateConfig,
     "surface": SurfaceConfig,
     "connect": ConnectConfig,
+    "measures": MeasuresConfig,
     "plot": PlotConfig,
     "track": TrackConfig,
 }

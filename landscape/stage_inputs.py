@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from landscape import config, params_file
-from landscape.config import DataConfig, ModelConfig, PlotConfig, ProbeConfig, TrainConfig
+from landscape.config import DataConfig, MeasuresConfig, ModelConfig, PlotConfig, ProbeConfig, TrainConfig
 
 
 def _copy(group: Any, cls: type) -> Any:
@@ -64,11 +64,16 @@ class SurfaceInputs:
     points: int
     range: float
     split: str
-    probe_samples: int | None  # split = probe: the probe subset P
+    probe_samples: int | None  # split = probe or directions = hessian: the probe subset P
     probe_seed: int | None
     eval_batch_size: int
     threads: int
     device: str
+    directions: str = "random"
+    lanczos_iters: int | None = None  # directions = hessian: the probe's Lanczos settings
+    tol: float | None = None
+    chunk_size: int | None = None
+    lanczos_start: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,14 @@ class ConnectInputs:
     curve_epochs: int
     train: TrainConfig  # the copy is trained with the main run's hyperparameters
     eval_batch_size: int
+
+
+@dataclass(frozen=True)
+class MeasuresInputs:
+    measures: MeasuresConfig
+    eval_batch_size: int
+    threads: int
+    device: str
 
 
 @dataclass(frozen=True)
@@ -116,16 +129,25 @@ def interpolate(p: Any) -> InterpolateInputs:
 
 def surface(p: Any) -> SurfaceInputs:
     s = p.surface
-    split = s.split
-    samples, seed = (p.probe.samples, p.probe.seed) if split == "probe" else (None, None)
+    split, directions = s.split, s.directions
+    hessian = directions == "hessian"
+    samples, seed = (p.probe.samples, p.probe.seed) if split == "probe" or hessian else (None, None)
+    lanczos = (p.probe.lanczos_iters, p.probe.tol, p.probe.chunk_size, p.probe.lanczos_start) if hessian else (
+        None, None, None, None)
     return SurfaceInputs(s.enabled, config.surface_epoch(p), s.seed, s.normalization, s.orthogonalize, s.points,
-                         s.range, split, samples, seed, p.probe.eval_batch_size, p.train.threads, p.train.device)
+                         s.range, split, samples, seed, p.probe.eval_batch_size, p.train.threads, p.train.device,
+                         directions, *lanczos)
 
 
 def connect(p: Any) -> ConnectInputs:
     c = p.connect
     return ConnectInputs(c.enabled, c.spawn_epoch, config.connect_data_seed(p), c.points, c.curve, c.curve_epochs,
                          _copy(p.train, TrainConfig), p.probe.eval_batch_size)
+
+
+def measures(p: Any) -> MeasuresInputs:
+    return MeasuresInputs(_copy(p.measures, MeasuresConfig), p.probe.eval_batch_size, p.train.threads,
+                          p.train.device)
 
 
 def plot(p: Any) -> PlotInputs:
@@ -143,6 +165,7 @@ RESOLVERS: dict[str, Callable[[Any], Any]] = {
     "interpolate": interpolate,
     "surface": surface,
     "connect": connect,
+    "measures": measures,
     "plot": plot,
     "track": track,
 }

@@ -344,6 +344,12 @@ def log_pipeline(
                 summary.update({f"connect/{k}": v for k, v in connect.items()})
                 if connect.get("skipped"):  # e.g. no SGD noise: no barrier, and the run says why
                     client.set_tag(run_id, "landscape.connect_skipped", str(connect["skipped"])[:5000])
+            summary.update(surface_summary(files))
+            if Path(files.get("measures", "")).is_file():  # the generalization measures, as measures/<name>
+                for k, v in (read_json(files["measures"]).get("values") or {}).items():
+                    value = _metric_value(v)
+                    if value is not None:
+                        metrics.append(Metric(f"measures/{k}", value, now, 0))
             for k, v in summary.items():
                 value = _metric_value(v)
                 if value is not None:
@@ -366,6 +372,23 @@ def log_pipeline(
         client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
         log.info("logged MLflow run %s (%s) to %s", run_id, name, redact_uri(uri))
         return {**description, "run_id": run_id, "run_name": name, "reused": False, "url": run_url(uri, exp_id, run_id)}
+
+
+def surface_summary(files: dict[str, Path]) -> dict[str, float]:
+    """What defines the surface's plane, as ``summary/surface/…`` metrics: the explained variance of the PCA
+    directions, or the eigenvalues (and residuals) of the Hessian directions (surface.json, logged whole,
+    holds the rest: the trajectory, the extents, the evaluation route)."""
+    path = Path(files.get("surface", ""))
+    if not path.is_file():
+        return {}
+    plane = read_json(path).get("plane") or {}
+    out: dict[str, float] = {}
+    if plane.get("kind") == "pca":
+        out = {f"surface/explained_variance_{i + 1}": v for i, v in enumerate(plane["explained_variance"])}
+    elif plane.get("kind") == "hessian":
+        out = {f"surface/lambda_{i + 1}": v for i, v in enumerate(plane["eigenvalues"])}
+        out.update({f"surface/lambda_{i + 1}_residual": v for i, v in enumerate(plane["residuals"])})
+    return out
 
 
 def _stale(run: Any) -> bool:

@@ -16,9 +16,10 @@ FILES = {
     "surface": "reports/surface.json",
     "connectivity": "reports/connectivity.json",
     "connect_summary": "reports/connect_summary.json",
+    "measures": "reports/measures.json",
     "params": "params.yaml",
 }
-TIMED_STAGES = ("download", "train", "probe", "interpolate", "surface", "connect", "plot")
+TIMED_STAGES = ("download", "train", "probe", "interpolate", "surface", "connect", "measures", "plot")
 
 
 def main() -> None:

@@ -79,6 +79,8 @@ CASES = [
     ("surface.range", 0.0, ["surface.range", "greater than 0"]),
     ("surface.normalization", "per-filter", ["surface.normalization", "'filter'", "'layer'", "'none'"]),
     ("surface.split", "val", ["surface.split", "'train'", "'test'", "'probe'"]),
+    ("surface.directions", "eigen", ["surface.directions", "'random'", "'pca'", "'hessian'"]),
+    ("probe.adaptive_worst_case_radius", -1.0, ["probe.adaptive_worst_case_radius", "greater than 0"]),
     ("surface.epoch", 11, ["surface.epoch = 11", "no checkpoint", "saved epochs"]),
     ("connect.spawn_epoch", 10, ["connect.spawn_epoch = 10", "a saved epoch before the last"]),
     ("connect.data_seed", 0, ["connect.data_seed = 0 equals train.seed", "same mini-batch order"]),
@@ -103,6 +105,11 @@ def test_bad_value_names_key_value_and_allowed(key, value, words):
 
 
 def test_cross_group_checks():
+    raw = with_change("train.epochs", 1)  # saved: 0, 1: no trajectory plane
+    raw["interpolate"]["start_epoch"] = 0
+    raw["surface"]["directions"] = "pca"
+    with pytest.raises(ConfigError, match=r"surface.directions = pca with saved checkpoints \[0, 1\]: .* at least 3"):
+        parse_params(raw)
     raw = with_change("train.checkpoint_every", 4)  # saved: 0, 4, 8, 10 -> start_epoch 2 has no checkpoint
     with pytest.raises(ConfigError, match=r"interpolate.start_epoch = 2: no checkpoint .* \[0, 4, 8, 10\]"):
         parse_params(raw)

@@ -61,6 +61,8 @@ def variants() -> list[Params]:
         change(track={"run_name": "x"}, interpolate={"alpha_min": -0.5, "alpha_max": 1.5}),
         change(surface={"split": "probe", "epoch": 4}, connect={"curve": "bezier", "spawn_epoch": 2}),
         change(surface={"enabled": False}, connect={"enabled": False}),
+        change(surface={"directions": "hessian"}),
+        change(surface={"directions": "pca", "split": "test"}),
     ]
 
 

@@ -297,3 +297,46 @@ def test_with_batch_norm_probe_line_and_surface_measure_the_same_network(tmp_pat
     for r in records:
         assert r["batch_norm_statistics"].startswith("recomputed")
         assert abs(r["train_loss_stored_statistics"] - r["train_loss"]) > 1e-3 * r["train_loss"]
+
+
+def test_pca_directions_recover_the_plane_of_a_planar_trajectory():
+    """A trajectory that lies in a known plane through the last point: the PCA plane is that plane (the
+    projector onto it equals the known one), the two directions carry 100% of the variance, and the projected
+    coordinates reproduce the trajectory exactly."""
+    from landscape.paths.directions import pca_directions
+
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    basis, _ = torch.linalg.qr(torch.randn(n, 2, generator=g, dtype=torch.float64))
+    t = torch.linspace(0, 1, 9, dtype=torch.float64)
+    coords = torch.stack([3 * (1 - t) ** 2, torch.sin(4 * t) * (1 - t)], 1)  # ends at (0, 0): the last point
+    center = torch.randn(n, generator=g, dtype=torch.float64)
+    trajectory = center + coords @ basis.t()
+    d, e, rec = pca_directions(trajectory, list(range(9)), center)
+    found = torch.stack([d, e], 1)
+    torch.testing.assert_close(found @ found.t(), basis @ basis.t(), atol=1e-10, rtol=0)
+    assert abs(float(d @ e)) < 1e-12 and float(d.norm()) == pytest.approx(1.0, abs=1e-12)
+    assert sum(rec["explained_variance"]) == pytest.approx(1.0, abs=1e-12)
+    back = torch.tensor([[p["x"], p["y"]] for p in rec["trajectory"]], dtype=torch.float64) @ found.t()
+    torch.testing.assert_close(center + back, trajectory, atol=1e-10, rtol=0)
+    assert rec["trajectory"][-1]["x"] == pytest.approx(0.0, abs=1e-12)
+    assert rec["trajectory"][0]["x"] <= 0 and rec["trajectory"][0]["y"] <= 0  # the sign convention
+    # off the plane, the share of variance drops below 1
+    noisy = trajectory + 0.3 * torch.randn(9, n, generator=g, dtype=torch.float64)
+    assert sum(pca_directions(noisy, list(range(9)), center)[2]["explained_variance"]) < 0.99
+
+
+def test_hessian_directions_are_the_top_eigenvectors_of_a_known_quadratic():
+    from landscape.paths.directions import hessian_directions
+    from tests.helpers import make_quadratic
+
+    model, c, s, loss_fn, H = make_quadratic([0.5, 1.0, 2.0, 3.0, 7.0, 10.0], n_samples=30, seed=4)
+    d, e, rec = hessian_directions(model, c, s, loss_fn, iters=20, tol=1e-8, seed=0, chunk_size=30, start="random")
+    evals, evecs = torch.linalg.eigh(H)
+    assert rec["eigenvalues"] == pytest.approx([float(evals[-1]), float(evals[-2])], rel=1e-9)
+    assert abs(float(d @ evecs[:, -1])) == pytest.approx(1.0, abs=1e-8)
+    assert abs(float(e @ evecs[:, -2])) == pytest.approx(1.0, abs=1e-8)
+    assert all(rec["converged"]) and rec["note"] is None
+    # too few Lanczos steps: said and recorded, not raised
+    _, _, short = hessian_directions(model, c, s, loss_fn, iters=2, tol=1e-12, seed=0, chunk_size=30, start="random")
+    assert not all(short["converged"]) and "did not converge within probe.lanczos_iters = 2" in short["note"]

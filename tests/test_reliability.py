@@ -213,7 +213,8 @@ def test_tracking_server_down_then_up(tmp_path):
     env = stage_env(MLFLOW_TRACKING_URI=uri)
     proc = dvc(project, "repro", env=env)
     assert proc.returncode != 0
-    assert ran_stages(proc) == ["download", "train", "probe", "interpolate", "surface", "connect", "plot", "track"]
+    assert ran_stages(proc) == ["download", "train", "probe", "interpolate", "surface", "connect", "measures", "plot",
+                                "track"]
     for name in ("mnist_geometry_metrics.json", "line_loss.json", "plots/curvature.png"):
         assert (project / name).exists()
     t0 = time.perf_counter()
@@ -314,7 +315,7 @@ def test_checkpoint_every_edit_reruns_what_it_changes_and_equals_a_fresh_run(tmp
     set_params(work, {"train": {"checkpoint_every": 2}})
     proc = dvc(work, "repro")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert ran_stages(proc) == ["train", "probe", "interpolate", "surface", "connect", "plot", "track"]
+    assert ran_stages(proc) == ["train", "probe", "interpolate", "surface", "connect", "measures", "plot", "track"]
     assert "that a fresh run with these params would not write" in proc.stdout + proc.stderr
     metrics = json.loads((work / "mnist_geometry_metrics.json").read_text())
     assert [r["epoch"] for r in metrics] == [0, 2, 4]

@@ -30,6 +30,7 @@ class EigenResult:
     smallest_residual: float | None = None
     smallest_converged: bool | None = None
     smallest_iterations: int | None = None
+    vectors: tuple[torch.Tensor, ...] | None = None  # unit Ritz vectors of ``eigenvalues`` (``return_vectors``)
 
     @property
     def lambda_max(self) -> float:
@@ -106,6 +107,7 @@ def lanczos(
     smallest: bool = False,
     verify: bool = True,
     start: str = "random+gradient",
+    return_vectors: bool = False,
 ) -> EigenResult:
     """Top-``k`` largest algebraic eigenvalues of H by Lanczos with full reorthogonalization.
 
@@ -125,7 +127,8 @@ def lanczos(
     ``"random+gradient"`` — q₁ ∝ z/‖z‖ + ∇L/‖∇L‖. The gradient of a trained network lies mostly in the top
     eigenspace of H (Gur-Ari et al. 2018), so the top Ritz values converge in fewer products; the random half
     keeps every eigenvector in the Krylov space, so the result, its residual and the stopping test are those
-    of any Lanczos run (``benchmarks/curvature.py`` measures the saving).
+    of any Lanczos run (``benchmarks/curvature.py`` measures the saving). With ``return_vectors`` the unit Ritz
+    vectors of the top values come back too (float64, in ``vectors``).
     """
     if start not in ("random", "random+gradient"):
         raise ValueError(f"start = {start!r}; allowed: 'random', 'random+gradient'")
@@ -155,15 +158,24 @@ def lanczos(
     top_evals, top_evecs, top_beta = top_state[0] if top_state else (evals, evecs, beta)
     m_top = len(top_evals)
 
-    def pair(vals: torch.Tensor, vecs: torch.Tensor, b: float, m: int, i: int) -> tuple[float, float]:
+    vectors: list[torch.Tensor] = []
+
+    def ritz(vecs: torch.Tensor, m: int, i: int) -> torch.Tensor:
+        v = (vecs[:, i].to(dtype=basis.dtype, device=basis.device) @ basis[:m]).double()
+        return v / torch.linalg.vector_norm(v)
+
+    def pair(vals: torch.Tensor, vecs: torch.Tensor, b: float, m: int, i: int, keep: bool = False
+             ) -> tuple[float, float]:
         lam = float(vals[i])
+        if keep:
+            vectors.append(ritz(vecs, m, i))
         if not verify:
             return lam, b * abs(float(vecs[-1, i])) / max(abs(lam), 1e-30)
-        v = (vecs[:, i].to(dtype=basis.dtype, device=basis.device) @ basis[:m]).double()
-        v /= torch.linalg.vector_norm(v)
+        v = vectors[-1] if keep else ritz(vecs, m, i)
         return lam, _rel_residual(op.matvec(v).double(), v, lam)
 
-    top = [pair(top_evals, top_evecs, top_beta, m_top, i) for i in range(m_top - 1, max(m_top - 1 - k, -1), -1)]
+    top = [pair(top_evals, top_evecs, top_beta, m_top, i, return_vectors)
+           for i in range(m_top - 1, max(m_top - 1 - k, -1), -1)]
     low = pair(evals, evecs, beta, m_all, 0) if smallest else None
     return EigenResult(
         eigenvalues=tuple(lam for lam, _ in top),
@@ -176,6 +188,7 @@ def lanczos(
         smallest_residual=low[1] if low else None,
         smallest_converged=(low[1] <= tol) if low else None,
         smallest_iterations=m_all if smallest else None,
+        vectors=tuple(vectors) if return_vectors else None,
     )
 
 

@@ -1,13 +1,17 @@
 """The 2-D loss surface around a checkpoint: L(θ + x·δ + y·η) on a grid (Li et al. 2018).
 
-δ and η are random directions normalized as :mod:`landscape.paths.directions` describes. The grid is
-``points`` × ``points`` over [−range, range]²; ``loss[i][j]`` is at (x = x[j], y = y[i]) (row-major, y down the
-rows), evaluated with many grid points per pass over the data (:func:`landscape.paths.points.evaluate_points`).
-The center (x, y) = (0, 0) is the checkpoint itself.
+δ and η span the plane ``surface.directions`` asks for (:mod:`landscape.paths.directions`): ``random``
+(normalized Gaussian directions; the grid ``points`` × ``points`` over [−range, range]²), ``pca`` (the training
+trajectory's top two principal directions, unit norm; the grid covers ±1.2 × the projected trajectory on each
+axis, in parameter-space units) or ``hessian`` (the top two eigenvectors of the probe-set Hessian, unit norm;
+over [−range, range]²). ``loss[i][j]`` is at (x = x[j], y = y[i]) (row-major, y down the rows), all points of
+the plane evaluated with their first layer shared (:func:`landscape.paths.points.evaluate_points`). The centre
+(x, y) = (0, 0) is the checkpoint itself.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -17,7 +21,7 @@ from torch import nn
 
 from landscape.models import has_batch_norm
 from landscape.parameters import flatten
-from landscape.paths.directions import plane_directions
+from landscape.paths.directions import hessian_directions, pca_directions, plane_directions
 from landscape.paths.points import BN_NOTE, evaluate_points
 from landscape.stacked import AffinePoints
 
@@ -36,6 +40,26 @@ def plane_points(theta: torch.Tensor, delta: torch.Tensor, eta: torch.Tensor, xs
     return AffinePoints(theta, torch.stack([delta, eta]), grid)
 
 
+def surface_on_plane(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], delta: torch.Tensor,
+                     eta: torch.Tensor, xs: list[float], ys: list[float], batch_size: int = 4096,
+                     loss: str = "cross_entropy", bn_data: torch.Tensor | None = None) -> dict[str, Any]:
+    """Loss and accuracy of the model's θ + xδ + yη over the grid ``xs`` × ``ys`` (row-major, y down the rows)."""
+    theta = flatten(model)
+    res, route = evaluate_points(model, plane_points(theta, delta, eta, xs, ys), {"split": data}, batch_size, loss,
+                                 bn_data=bn_data, desc="surface")
+    losses, accs = res["split"]
+    d64, e64 = delta.double(), eta.double()
+    return {
+        "x": xs, "y": ys, "loss": losses.view(len(ys), len(xs)).tolist(),
+        "accuracy": accs.view(len(ys), len(xs)).tolist(), "evaluation": route,
+        "samples": len(data[1]), "loss_kind": loss,
+        "direction_norms": {"delta": float(d64.norm()), "eta": float(e64.norm()),
+                            "theta": float(theta.double().norm()),
+                            "cosine_delta_eta": float(d64 @ e64 / (d64.norm() * e64.norm()))},
+        "batch_norm": BN_NOTE[has_batch_norm(model)],
+    }
+
+
 def loss_surface(
     model: nn.Module,
     data: tuple[torch.Tensor, torch.Tensor],
@@ -48,30 +72,24 @@ def loss_surface(
     loss: str = "cross_entropy",
     bn_data: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Loss and accuracy on the grid; the record of ``reports/surface.json`` (less epoch and split)."""
-    theta = flatten(model)
+    """The surface on a random plane (``surface.directions: random``); the record of ``reports/surface.json``
+    less epoch and split."""
     delta, eta = plane_directions(model, normalization, seed, orthogonalize)
     xs, ys = grid_axis(points, extent), grid_axis(points, extent)
-    plane = plane_points(theta, delta, eta, xs, ys)
-    res, route = evaluate_points(model, plane, {"split": data}, batch_size, loss, bn_data=bn_data, desc="surface")
-    losses, accs = res["split"]
-    loss_rows = losses.view(len(ys), len(xs)).tolist()
-    acc_rows = accs.view(len(ys), len(xs)).tolist()
-    d64, e64 = delta.double(), eta.double()
-    return {
-        "x": xs, "y": ys, "loss": loss_rows, "accuracy": acc_rows, "evaluation": route,
-        "normalization": normalization, "orthogonalize": orthogonalize, "seed": seed, "range": extent,
-        "points": points, "samples": len(data[1]), "loss_kind": loss,
-        "direction_norms": {"delta": float(d64.norm()), "eta": float(e64.norm()),
-                            "theta": float(theta.double().norm()),
-                            "cosine_delta_eta": float(d64 @ e64 / (d64.norm() * e64.norm()))},
-        "batch_norm": BN_NOTE[has_batch_norm(model)],
-    }
+    record = surface_on_plane(model, data, delta, eta, xs, ys, batch_size, loss, bn_data)
+    return {**record, "directions": "random", "normalization": normalization, "orthogonalize": orthogonalize,
+            "seed": seed, "range": extent, "points": points,
+            "plane": {"kind": "random", "normalization": normalization, "seed": seed,
+                      "orthogonalize": orthogonalize}}
+
+
+PCA_MARGIN = 1.2  # the pca grid spans ±1.2 × the largest projected coordinate of the trajectory on each axis
 
 
 def surface_of_checkpoint(ckpt_dir: str, data_root: str, inp: Any, device: str = "cpu") -> dict[str, Any]:
     """The surface stage: the checkpoint of ``inp.epoch`` (the last finite one, with a note, when training
-    diverged before it) on ``inp.split``; the record of reports/surface.json."""
+    diverged before it) on ``inp.split``, on the plane ``inp.directions`` asks for; the record of
+    reports/surface.json."""
     from landscape.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, model_from_checkpoint
     from landscape.data import load_split, probe_indices
     from landscape.errors import LandscapeError
@@ -91,11 +109,38 @@ def surface_of_checkpoint(ckpt_dir: str, data_root: str, inp: Any, device: str =
     model = model_from_checkpoint(ckpt).to(device)
     kind = ckpt["optimizer"].get("loss", "cross_entropy")
     train = tuple(t.to(device) for t in load_split(data_root, "train"))
-    if inp.split == "probe":
+    probe = None
+    if inp.split == "probe" or inp.directions == "hessian":
         idx = probe_indices(len(train[0]), inp.probe_samples, inp.probe_seed)
-        data = (train[0][idx], train[1][idx])
-    else:
-        data = train if inp.split == "train" else tuple(t.to(device) for t in load_split(data_root, "test"))
-    record = loss_surface(model, data, inp.points, inp.range, inp.normalization, inp.seed, inp.orthogonalize,
-                          inp.eval_batch_size, kind, bn_data=train[0])
-    return {"epoch": epoch, "split": inp.split, **({"note": note} if note else {}), **record}
+        probe = (train[0][idx], train[1][idx])
+    data = probe if inp.split == "probe" else (
+        train if inp.split == "train" else tuple(t.to(device) for t in load_split(data_root, "test")))
+    common = {"epoch": epoch, "split": inp.split, **({"note": note} if note else {})}
+    if inp.directions == "random":
+        record = loss_surface(model, data, inp.points, inp.range, inp.normalization, inp.seed, inp.orthogonalize,
+                              inp.eval_batch_size, kind, bn_data=train[0])
+        return {**common, **record}
+    if inp.directions == "pca":
+        epochs = [e for e in available if e <= available[-1]]
+        if len(epochs) < 3:
+            raise LandscapeError(f"surface.directions = pca needs at least 3 saved checkpoints, found {epochs}")
+        trajectory = torch.stack([flatten(model_from_checkpoint(load_checkpoint(checkpoint_path(ckpt_dir, e))))
+                                  for e in epochs]).to(device)
+        delta, eta, plane = pca_directions(trajectory, epochs, flatten(model))
+        ex = PCA_MARGIN * max(abs(p["x"]) for p in plane["trajectory"])
+        ey = PCA_MARGIN * max(abs(p["y"]) for p in plane["trajectory"])
+        xs, ys = grid_axis(inp.points, ex or inp.range), grid_axis(inp.points, ey or inp.range)
+        plane = {"kind": "pca", **plane, "extent": [ex, ey], "margin": PCA_MARGIN}
+    else:  # hessian: the top two eigenvectors at the centre, of the network at θ (statistics recomputed)
+        from landscape.models import network_at
+
+        at_theta = network_at(copy.deepcopy(model), train[0], inp.eval_batch_size)
+        delta, eta, plane = hessian_directions(at_theta, *probe, kind, inp.lanczos_iters, inp.tol, inp.probe_seed,
+                                               inp.chunk_size, inp.lanczos_start)
+        if plane["note"]:
+            log.warning(plane["note"])
+        xs, ys = grid_axis(inp.points, inp.range), grid_axis(inp.points, inp.range)
+        plane = {"kind": "hessian", **plane, "probe_samples": inp.probe_samples, "probe_seed": inp.probe_seed}
+    record = surface_on_plane(model, data, delta, eta, xs, ys, inp.eval_batch_size, kind, bn_data=train[0])
+    return {**common, **record, "directions": inp.directions, "points": inp.points,
+            "range": inp.range if inp.directions == "hessian" else None, "plane": plane}

@@ -25,6 +25,19 @@ def _note(ax: plt.Axes, text: str) -> None:
     ax.set_yticks([])
 
 
+def surface_title(surface: dict[str, Any]) -> str:
+    """What defines the plane, for the figure's title."""
+    plane = surface.get("plane") or {"kind": "random"}
+    if plane["kind"] == "pca":
+        v1, v2 = plane["explained_variance"]
+        return f"Loss surface on the trajectory's PCA plane ({100 * v1:.0f}% + {100 * v2:.0f}% of its variance)"
+    if plane["kind"] == "hessian":
+        l1, l2 = plane["eigenvalues"]
+        flag = "" if all(plane["converged"]) else ", not converged"
+        return f"Loss surface on the top Hessian eigenvectors (λ₁ = {l1:.3g}, λ₂ = {l2:.3g}{flag})"
+    return f"Loss surface, {surface['normalization']}-normalized random directions (seed {surface['seed']})"
+
+
 def path_figures(surface: dict[str, Any], connect: dict[str, Any], data: str, cfg: PlotConfig,
                  out_dir: Path) -> list[Path]:
     """Write the surface and connectivity figures (a note where a stage is off or had nothing to draw)."""
@@ -41,11 +54,18 @@ def path_figures(surface: dict[str, Any], connect: dict[str, Any], data: str, cf
         fig.colorbar(cs, ax=ax, label=f"{surface['split']} loss")
         ax.contour(x, y, z, levels=cs.levels[::3], colors="white", linewidths=0.4)
         ax.plot(0, 0, "r*", ms=14, label=f"checkpoint, epoch {surface['epoch']}")
+        plane = surface.get("plane") or {"kind": "random"}
+        if plane["kind"] == "pca":  # the optimizer's path, projected onto the plane it spans best
+            tr = plane["trajectory"]
+            ax.plot([p["x"] for p in tr], [p["y"] for p in tr], "w.-", lw=1.2, ms=6, label="training trajectory")
+            for p in (tr[0], tr[len(tr) // 2]):
+                ax.annotate(f"epoch {p['epoch']}", (p["x"], p["y"]), color="white", fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")
         ax.set_xlabel(r"$x$ (along $\delta$)")
         ax.set_ylabel(r"$y$ (along $\eta$)")
         ax.set_aspect("equal")
         ax.legend(loc="upper right", fontsize=8)
-        title(ax, f"Loss surface, {surface['normalization']}-normalized directions (seed {surface['seed']})", data)
+        title(ax, surface_title(surface), data)
     else:
         _note(ax, "no surface: surface.enabled is false")
     save(fig, paths[0], cfg)
@@ -59,7 +79,7 @@ def path_figures(surface: dict[str, Any], connect: dict[str, Any], data: str, cf
         ax3.set_xlabel("x")
         ax3.set_ylabel("y")
         ax3.set_zlabel(f"{surface['split']} loss")
-        ax3.set_title(f"Loss surface around epoch {surface['epoch']}\n{data}", fontsize=10)
+        ax3.set_title(f"{surface_title(surface)}, epoch {surface['epoch']}\n{data}", fontsize=9)
     else:
         ax3.set_title("no surface: surface.enabled is false", fontsize=10)
     save(fig, paths[1], cfg)

@@ -85,6 +85,28 @@ MEASURES: list[Measure] = [
             _get("summary/connect/loss_barrier")),
     Measure("connect_error_barrier", "connectivity", "error barrier between two SGD-noise copies",
             _get("summary/connect/error_barrier")),
+    *(Measure(name, "norm & margin", what, _get(f"measures/{name}")) for name, what in (
+        ("inverse_margin", "1/γ², γ the 10th-percentile output margin"),
+        ("log_prod_spec", "Σ log ‖W‖₂²"), ("log_prod_spec_over_margin", "Σ log ‖W‖₂² − 2 log γ"),
+        ("log_sum_spec", "log d + (1/d) Σ log ‖W‖₂²"), ("log_sum_spec_over_margin", "log.sum.of.spec over margin"),
+        ("fro_over_spec", "Σ ‖W‖_F²/‖W‖₂²"), ("log_spec_orig_main", "Jiang's log.spec.orig.main"),
+        ("log_spec_init_main", "Jiang's log.spec.init.main"), ("log_prod_fro", "Σ log ‖W‖_F²"),
+        ("log_prod_fro_over_margin", "Σ log ‖W‖_F² − 2 log γ"), ("log_sum_fro", "log d + (1/d) Σ log ‖W‖_F²"),
+        ("log_sum_fro_over_margin", "log.sum.of.fro over margin"), ("fro_dist", "Σ ‖W − W⁰‖_F²"),
+        ("dist_spec_init", "Σ ‖W − W⁰‖₂²"), ("param_norm", "Σ ‖W‖_F²"), ("l2", "‖w‖₂"), ("l2_dist", "‖w − w⁰‖₂"),
+        ("path_norm", "ℓ2 path norm"), ("path_norm_over_margin", "path norm / γ²"), ("params", "number of weights"))),
+    *(Measure(name, "pac-bayes", what, _get(f"measures/{name}")) for name, what in (
+        ("pacbayes_flatness", "1/σ*², N(0, σ²I)"), ("pacbayes_mag_flatness", "1/σ*², N(0, σ²w² + ε²)"),
+        ("pacbayes_orig", "PAC-Bayes bound on ‖w‖"), ("pacbayes_init", "PAC-Bayes bound on ‖w − w⁰‖"),
+        ("pacbayes_mag_orig", "magnitude-aware bound on w"), ("pacbayes_mag_init", "magnitude-aware bound on w − w⁰"))),
+    *(Measure(name, "weight spectrum", what, _get(f"measures/{name}")) for name, what in (
+        ("ww_alpha", "mean power-law α of the layers' ESDs (WeightWatcher)"),
+        ("ww_alpha_weighted", "mean α̂ = α log λ_max (WeightWatcher)"), ("ww_stable_rank", "mean stable rank"),
+        ("ww_log_norm", "mean log Frobenius norm (WeightWatcher)"),
+        ("ww_log_spectral_norm", "mean log spectral norm (WeightWatcher)"),
+        ("ww_log_alpha_norm", "mean log α-norm (WeightWatcher)"))),
+    Measure("steps_to_loss", "optimization", "SGD steps until the running train loss < 0.1 (epoch resolution)",
+            _get("measures/steps_to_loss")),
 ]
 GAPS = {"loss_gap": "test − train loss", "error_gap": "test − train error"}
 

@@ -1,0 +1,168 @@
+"""Generalization measures against exact answers: norms against numpy.linalg, a path norm by hand, distance to
+the initialization, batch norm folded into the same function, PAC-Bayes σ against the closed form of a linear
+classifier under Gaussian noise, WeightWatcher's α on a planted power-law spectrum, #steps from a history."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm as gaussian
+from torch import nn
+
+from landscape.measures.norms import fold_batch_norm, folded_weights, norm_measures, path_norm
+from landscape.models import CNN, MLP
+
+
+def test_spectral_and_frobenius_norms_match_numpy_on_random_layers():
+    torch.manual_seed(0)
+    model = CNN([3, 5], [20, 12], "relu", 10)
+    init = CNN([3, 5], [20, 12], "relu", 10)
+    x, y = torch.randn(64, 784), torch.randint(0, 10, (64,))
+    rec = norm_measures(model, init, x, y)
+    mats = [m.weight.detach().double().numpy().reshape(m.weight.shape[0], -1)
+            for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    mats0 = [m.weight.detach().double().numpy().reshape(m.weight.shape[0], -1)
+             for m in init.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    spec = [np.linalg.norm(m, 2) for m in mats]
+    fro = [np.linalg.norm(m, "fro") for m in mats]
+    assert [layer["spectral_norm"] for layer in rec["layers"]] == pytest.approx(spec, rel=1e-10)
+    assert [layer["frobenius_norm"] for layer in rec["layers"]] == pytest.approx(fro, rel=1e-10)
+    v = rec["values"]
+    assert v["log_prod_spec"] == pytest.approx(sum(2 * math.log(s) for s in spec), rel=1e-10)
+    assert v["log_sum_spec"] == pytest.approx(math.log(5) + sum(2 * math.log(s) for s in spec) / 5, rel=1e-10)
+    pairs = list(zip(mats, mats0, strict=True))
+    assert v["fro_dist"] == pytest.approx(sum(np.linalg.norm(a - b, "fro") ** 2 for a, b in pairs), rel=1e-10)
+    assert v["dist_spec_init"] == pytest.approx(sum(np.linalg.norm(a - b, 2) ** 2 for a, b in pairs), rel=1e-10)
+    assert v["params"] == sum(m.size for m in mats)  # weights only: no biases
+
+
+def test_margin_is_the_tenth_percentile_of_correct_minus_best_other_logit():
+    torch.manual_seed(1)
+    model = MLP(6, [8], "tanh", 4).double()
+    x, y = torch.randn(200, 6, dtype=torch.float64), torch.randint(0, 4, (200,))
+    with torch.no_grad():
+        z = model(x)
+    other = z.clone()
+    other[torch.arange(200), y] = -math.inf
+    by_hand = np.sort((z[torch.arange(200), y] - other.max(1).values).numpy())[200 // 10 - 1]
+    v = norm_measures(model, model, x, y, percentile=10)["values"]
+    assert v["margin"] == pytest.approx(abs(by_hand), rel=1e-12)
+    assert v["inverse_margin"] == pytest.approx(1 / by_hand**2, rel=1e-12)
+
+
+def test_path_norm_of_a_tiny_relu_net_by_hand():
+    # 2 -> 2 -> 1 ReLU net: with every parameter squared, at x = (1, 1):
+    # h = relu(W1² 1 + b1²), out = W2² h + b2²
+    model = MLP(2, [2], "relu", 1).double()
+    with torch.no_grad():
+        f64 = torch.float64
+        model.net[0].weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=f64))
+        model.net[0].bias.copy_(torch.tensor([-1.0, 0.2], dtype=f64))
+        model.net[2].weight.copy_(torch.tensor([[2.0, -1.0]], dtype=f64))
+        model.net[2].bias.copy_(torch.tensor([0.3], dtype=f64))
+    h = [1 + 4 + 1, 0.25 + 9 + 0.04]
+    assert path_norm(model, 2) == pytest.approx(4 * h[0] + 1 * h[1] + 0.09, rel=1e-12)
+
+
+def test_distance_to_the_initialization_is_zero_at_epoch_zero():
+    torch.manual_seed(2)
+    model = MLP(784, [16], "relu", 10)
+    x, y = torch.randn(50, 784), torch.randint(0, 10, (50,))
+    v = norm_measures(model, model, x, y)["values"]
+    assert v["fro_dist"] == 0.0 and v["l2_dist"] == 0.0 and v["dist_spec_init"] == 0.0
+    assert v["param_norm"] > 0
+
+
+def test_batch_norm_is_folded_into_the_same_function():
+    torch.manual_seed(3)
+    model = MLP(10, [12, 8], "relu", 3, batch_norm=True).double()
+    with torch.no_grad():
+        for bn in (model.net[1], model.net[4]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 2)
+            bn.bias.uniform_(-1, 1)
+    model.eval()
+    x = torch.randn(30, 10, dtype=torch.float64)
+    folded = fold_batch_norm(model)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-12, atol=1e-12)
+    s = model.net[1].weight / torch.sqrt(model.net[1].running_var + model.net[1].eps)
+    torch.testing.assert_close(folded_weights(model)[0][1], model.net[0].weight.detach() * s[:, None])
+
+
+def _separable(n: int = 4000, r: float = 1.5, c: float = 1.0, seed: int = 0):
+    """Points of norm r with x₁ = ±c, labelled by the sign of x₁; the linear classifier z₁ − z₀ = a·x₁."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    v = v / v.norm(dim=1, keepdim=True) * math.sqrt(r * r - c * c)
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).double()
+    x = torch.cat([c * sign[:, None], v], 1)
+    return x, (sign > 0).long()
+
+
+def test_pacbayes_sigma_matches_the_closed_form_of_a_linear_classifier():
+    """A linear classifier (logits Wx + b) under N(0, σ²) noise on all 12 parameters: the logit difference moves
+    by N(0, 2σ²(r² + 1)), so with every margin equal to a·c the expected accuracy is Φ(ac / (σ√(2(r² + 1)))).
+    The bisection's σ lands where that accuracy is 0.9 ± the tolerance; more Monte-Carlo samples per step
+    narrow the spread of σ over seeds."""
+    from landscape.measures.pacbayes import pacbayes_measures
+
+    r, c, a = 1.5, 1.0, 1.5
+    x, y = _separable(r=r, c=c)
+    model = MLP(5, [], "relu", 2).double()
+    with torch.no_grad():
+        model.net[0].weight.copy_(torch.tensor([[0, 0, 0, 0, 0], [a, 0, 0, 0, 0]], dtype=torch.float64))
+        model.net[0].bias.zero_()
+    scale = math.sqrt(2 * (r * r + 1))
+
+    def sigma_at(acc: float) -> float:
+        return a * c / (scale * gaussian.ppf(acc))
+
+    rec = pacbayes_measures(model, model, x, y, deviation=0.1, depth=20, samples=40, tolerance=0.01, seed=0)
+    assert rec["base_accuracy"] == 1.0 and rec["search"]["plain"]["converged"]
+    sigma = rec["values"]["pacbayes_sigma"]
+    assert sigma_at(0.91) * 0.97 <= sigma <= sigma_at(0.89) * 1.03
+    assert rec["values"]["pacbayes_flatness"] == pytest.approx(1 / sigma**2)
+
+    def spread(samples: int) -> float:
+        sig = [pacbayes_measures(model, model, x[:1000], y[:1000], 0.1, 12, samples, 1e-4, seed)["values"][
+            "pacbayes_sigma"] for seed in range(6)]
+        return float(np.std(sig))
+
+    assert spread(24) < 0.6 * spread(2)
+
+
+def test_weightwatcher_alpha_of_a_planted_power_law_and_the_package_itself():
+    import weightwatcher as ww
+
+    from landscape.measures.spectra import weightwatcher_measures
+
+    for alpha in (2.5, 4.0):
+        g = torch.Generator().manual_seed(0)
+        n_in, m = 1000, 500
+        q = (torch.arange(m, dtype=torch.float64) + 0.5) / m
+        lam = (1 - q) ** (-1 / (alpha - 1))  # the quantiles of p(λ) ∝ λ^(−α), λ ≥ 1
+        u, _ = torch.linalg.qr(torch.randn(n_in, m, generator=g, dtype=torch.float64))
+        v, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+        layer = nn.Linear(n_in, m, bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(((u * lam.sqrt()) @ v.T).T.float())  # eigenvalues of WᵀW: λ
+        rec = weightwatcher_measures(nn.Sequential(layer))
+        assert rec["values"]["ww_alpha"] == pytest.approx(alpha, abs=0.1)
+        assert rec["layers"][0]["num_evals"] == m and rec["version"] == ww.__version__
+        direct = ww.WeightWatcher(model=nn.Sequential(layer)).get_summary(
+            ww.WeightWatcher(model=nn.Sequential(layer)).analyze())
+        assert rec["values"]["ww_alpha"] == pytest.approx(float(direct["alpha"]), rel=1e-12)
+        assert rec["values"]["ww_alpha_weighted"] == pytest.approx(float(direct["alpha_weighted"]), rel=1e-12)
+
+
+def test_steps_to_loss_counts_steps_at_epoch_resolution():
+    from landscape.measures.optimization import steps_to_loss
+
+    history = {"history": [{"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.12},
+                           {"epoch": 3, "train_loss": 0.09}, {"epoch": 4, "train_loss": 0.05}]}
+    got = steps_to_loss(history, n_train=1000, batch_size=128)
+    assert (got["steps"], got["epoch"], got["steps_per_epoch"]) == (3 * 8, 3, 8)
+    assert steps_to_loss(history, 1000, "full")["steps"] == 3
+    assert steps_to_loss(history, 1000, 128, threshold=0.01)["steps"] is None
