@@ -147,23 +147,27 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     assert hess["kind"] == "hessian" and hess["eigenvalues"] == pytest.approx(metrics[-1]["lambda_top"], rel=1e-3)
     run_id = json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
     assert client.get_run(run_id).data.metrics["summary/surface/lambda_1"] == pytest.approx(hess["eigenvalues"][0])
-    set_params(project, {"surface": {"directions": "random"}})
+    set_params(project, {"surface": {"directions": "random"}})  # back: the surface is restored from the run-cache
+    assert reproduce(project, monkeypatch) == ["surface", "plot", "track"]
     set_params(project, {"connect": {"data_seed": 5}})
     assert reproduce(project, monkeypatch) == ["connect", "plot", "track"]
     arts = {a.path for a in client.list_artifacts(
         json.loads((project / "reports/mlflow_run.json").read_text())["run_id"], "outputs")}
     assert {"outputs/surface.json", "outputs/connectivity.json"} <= arts
 
-    # a code edit that changes no output (a comment in the HVP module) reruns probe, whose outputs stay
-    # byte-identical, and track, which logs a new parent run tagged with the code that made it
+    # a code edit that changes no output (a comment in the HVP module) reruns probe and surface (its Hessian
+    # plane uses the module), whose outputs stay byte-identical, and track, which logs a new parent run tagged
+    # with the code that made it
     from landscape.provenance import code_digest
 
     n_runs = len(client.search_runs([run.info.experiment_id]))
     metrics_bytes = (project / "mnist_geometry_metrics.json").read_bytes()
+    surface_bytes = (project / "reports/surface.json").read_bytes()
     with open(project / "landscape/curvature/hvp.py", "a") as fh:
         fh.write("# an edit that changes no number\n")
-    assert reproduce(project, monkeypatch) == ["probe", "track"]
+    assert reproduce(project, monkeypatch) == ["probe", "surface", "track"]
     assert (project / "mnist_geometry_metrics.json").read_bytes() == metrics_bytes
+    assert (project / "reports/surface.json").read_bytes() == surface_bytes
     assert len(client.search_runs([run.info.experiment_id])) == n_runs + 1
     new_run = client.get_run(json.loads((project / "reports/mlflow_run.json").read_text())["run_id"])
     assert new_run.data.tags["landscape.code_digest"] == code_digest(project)

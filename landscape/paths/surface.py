@@ -45,9 +45,9 @@ def surface_on_plane(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], 
                      loss: str = "cross_entropy", bn_data: torch.Tensor | None = None) -> dict[str, Any]:
     """Loss and accuracy of the model's θ + xδ + yη over the grid ``xs`` × ``ys`` (row-major, y down the rows)."""
     theta = flatten(model)
-    res, route = evaluate_points(model, plane_points(theta, delta, eta, xs, ys), {"split": data}, batch_size, loss,
+    res, route = evaluate_points(model, plane_points(theta, delta, eta, xs, ys), {"grid": data}, batch_size, loss,
                                  bn_data=bn_data, desc="surface")
-    losses, accs = res["split"]
+    losses, accs = res["grid"]
     d64, e64 = delta.double(), eta.double()
     return {
         "x": xs, "y": ys, "loss": losses.view(len(ys), len(xs)).tolist(),
