@@ -56,20 +56,38 @@ class DataConfig(_Group):
 
 class ModelConfig(_Group):
     arch: Literal["mlp", "cnn"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    hidden: list[int] | None = Field(default_factory=lambda: [256, 256])
+    depth: int | None = Field(default=None, ge=1, le=1000)  # with width: hidden = [width] * depth
+    width: int | None = Field(default=None, ge=1, le=65536)
     activation: Literal["relu", "tanh", "gelu", "sigmoid", "softplus", "elu"] = "relu"
     channels: list[int] = Field(default_factory=lambda: [6, 16])
     batch_norm: bool = False
+    skip: bool = False
+    init: Literal["torch", "he"] = "torch"
 
     @field_validator("hidden")
     @classmethod
-    def _hidden(cls, v: list[int]) -> list[int]:
+    def _hidden(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
         if not v:
-            raise ValueError("must list at least one hidden width, e.g. [256, 256]")
+            raise ValueError("must list at least one hidden width, e.g. [256, 256] (or null, with model.depth and "
+                             "model.width)")
         bad = [w for w in v if w <= 0 or w > 65536]
         if bad:
             raise ValueError(f"widths must be integers in 1..65536, got {bad}")
         return v
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ModelConfig:
+        other = self.depth is not None or self.width is not None
+        if self.hidden is not None and other:
+            raise ValueError(f"model.hidden = {self.hidden} and model.depth = {self.depth} / model.width = "
+                             f"{self.width} both given; allowed: one form (model.hidden: null to use depth × width)")
+        if self.hidden is None and (self.depth is None or self.width is None):
+            raise ValueError("model.hidden is null: allowed only with both model.depth and model.width "
+                             "(hidden = [width] * depth)")
+        return self
 
     @field_validator("channels")
     @classmethod
@@ -347,6 +365,11 @@ class Params(_Group):
 
 # Derived values as plain functions of the params object (they only read attributes), so that
 # tests/test_layout.py can run them on a recording proxy and derive which keys each stage reads.
+def hidden_widths(model: Any) -> list[int]:
+    """The hidden widths: ``model.hidden``, or ``[model.width] * model.depth``."""
+    return list(model.hidden) if model.hidden is not None else [model.width] * model.depth
+
+
 def saved_epochs(train: Any) -> list[int]:
     """Epochs with a checkpoint: 0 (the initialization), every ``train.checkpoint_every``-th, and the last."""
     every, epochs = train.checkpoint_every, train.epochs

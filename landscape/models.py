@@ -1,12 +1,21 @@
-"""The model family, each a params edit: an MLP and a LeNet-style CNN, with or without batch norm.
+"""The model family, each a params edit: an MLP and a LeNet-style CNN, with or without batch norm and residual
+connections, at any depth and width.
 
 * ``mlp``: ``input_dim → hidden[0] → … → hidden[-1] → num_classes``, activation between linear layers;
   with ``batch_norm`` each hidden linear layer is followed by ``BatchNorm1d`` before the activation.
 * ``cnn`` (for 28×28 inputs): two blocks conv 5×5 (padding 2, then none) → [BatchNorm2d] → activation →
   2×2 max-pool, with ``channels`` = (c₁, c₂) filters (LeNet-5: 6, 16), giving c₂·5·5 features; then the MLP
   part ``hidden`` → ``num_classes`` as above.
+* ``skip`` (both archs, the dense part): every hidden block after the first becomes residual,
+  h_i = P_i h_{i−1} + f_i(h_{i−1}) with f_i = act(BN(W_i h + b_i)) the block's own layer, P_i the identity where
+  the widths agree and a learned linear projection without bias where they differ (ResNet's option B, He et
+  al. 2016). With one hidden layer there is no block to skip around: the network is the plain MLP (allowed, so
+  that a depth × skip grid may include depth 1).
 
-Initialization is PyTorch's default for each layer (Kaiming-uniform, a = √5, for linear and conv).
+Initialization (``init``): ``torch`` — PyTorch's default for each layer (Kaiming-uniform, a = √5: weights of
+variance 1/(3 fan_in)) — or ``he`` — Kaiming-normal for ReLU (variance 2/fan_in) on every weight matrix, biases
+zero, batch-norm scales 1: the initialization that keeps a deep plain ReLU net's activations from vanishing. It
+is the same for skip and no-skip, so the two differ only in the connections.
 
 "The network at θ" has one definition everywhere (:func:`network_at`): with batch norm, its statistics are
 recomputed on the training split at θ — the convention of the path literature, where interpolated weights have
@@ -19,6 +28,7 @@ See docs/theory.md §11.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -41,27 +51,84 @@ def _activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
+def _block(width: int, h: int, activation: str, batch_norm: bool) -> list[nn.Module]:
+    return [nn.Linear(width, h), *([nn.BatchNorm1d(h)] if batch_norm else []), _activation(activation)]
+
+
 def _dense(width: int, hidden: list[int], activation: str, num_classes: int, batch_norm: bool) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for h in hidden:
-        layers.append(nn.Linear(width, h))
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(h))
-        layers.append(_activation(activation))
+        layers += _block(width, h, activation, batch_norm)
         width = h
     layers.append(nn.Linear(width, num_classes))
     return layers
+
+
+class Residual(nn.Module):
+    """h ↦ shortcut(h) + body(h): body = act(BN(Wh + b)); shortcut = identity, or a linear projection without
+    bias where the widths differ."""
+
+    def __init__(self, width: int, h: int, activation: str, batch_norm: bool) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_block(width, h, activation, batch_norm))
+        self.shortcut = nn.Identity() if width == h else nn.Linear(width, h, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(h) + self.body(h)
+
+
+class ResidualDense(nn.Module):
+    """The dense part with residual blocks: stem (the first hidden layer), blocks (the others), head."""
+
+    def __init__(self, width: int, hidden: list[int], activation: str, num_classes: int, batch_norm: bool) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_block(width, hidden[0], activation, batch_norm))
+        self.blocks = nn.ModuleList(Residual(a, b, activation, batch_norm) for a, b in itertools.pairwise(hidden))
+        self.head = nn.Linear(hidden[-1], num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.stem(h)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+def _dense_part(width: int, hidden: list[int], activation: str, num_classes: int, batch_norm: bool,
+                skip: bool) -> nn.Module:
+    if skip and len(hidden) > 1:
+        return ResidualDense(width, hidden, activation, num_classes, batch_norm)
+    return nn.Sequential(*_dense(width, hidden, activation, num_classes, batch_norm))
+
+
+INITS = ("torch", "he")
+
+
+def initialize(model: nn.Module, init: str) -> nn.Module:
+    """``he``: Kaiming-normal (ReLU gain, fan_in) weights, zero biases, unit batch-norm scales; ``torch``: as built."""
+    if init == "torch":
+        return model
+    if init != "he":
+        raise ValueError(f"init = {init!r}; allowed: {', '.join(INITS)}")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    m.bias.zero_()
+    return model
 
 
 class MLP(nn.Module):
     """Fully connected network; ``spec`` rebuilds it (as stored in checkpoints)."""
 
     def __init__(self, input_dim: int, hidden: list[int], activation: str, num_classes: int,
-                 batch_norm: bool = False) -> None:
+                 batch_norm: bool = False, skip: bool = False, init: str = "torch") -> None:
         super().__init__()
-        self.net = nn.Sequential(*_dense(input_dim, hidden, activation, num_classes, batch_norm))
+        self.net = _dense_part(input_dim, hidden, activation, num_classes, batch_norm, skip)
         self.spec = {"arch": "mlp", "input_dim": input_dim, "hidden": list(hidden), "activation": activation,
-                     "num_classes": num_classes, "batch_norm": batch_norm}
+                     "num_classes": num_classes, "batch_norm": batch_norm, "skip": skip, "init": init,
+                     "skip_blocks": len(hidden) - 1 if skip else 0}
+        initialize(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))
@@ -71,7 +138,7 @@ class CNN(nn.Module):
     """LeNet-style network for 1×28×28 inputs (flattened 784-vectors are reshaped)."""
 
     def __init__(self, channels: list[int], hidden: list[int], activation: str, num_classes: int,
-                 batch_norm: bool = False) -> None:
+                 batch_norm: bool = False, skip: bool = False, init: str = "torch") -> None:
         super().__init__()
         c1, c2 = channels
         blocks: list[nn.Module] = []
@@ -81,9 +148,11 @@ class CNN(nn.Module):
                 blocks.append(nn.BatchNorm2d(cout))
             blocks += [_activation(activation), nn.MaxPool2d(2)]
         self.features = nn.Sequential(*blocks)
-        self.net = nn.Sequential(*_dense(c2 * 5 * 5, hidden, activation, num_classes, batch_norm))
+        self.net = _dense_part(c2 * 5 * 5, hidden, activation, num_classes, batch_norm, skip)
         self.spec = {"arch": "cnn", "channels": list(channels), "hidden": list(hidden), "activation": activation,
-                     "num_classes": num_classes, "batch_norm": batch_norm}
+                     "num_classes": num_classes, "batch_norm": batch_norm, "skip": skip, "init": init,
+                     "skip_blocks": len(hidden) - 1 if skip else 0}
+        initialize(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.features(x.reshape(len(x), 1, 28, 28)).flatten(1))
@@ -93,19 +162,25 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build a model from its spec dict (as stored in checkpoints; checkpoints before ``batch_norm`` existed
     hold plain MLPs)."""
     arch = spec.get("arch")
+    extra = {"skip": spec.get("skip", False), "init": spec.get("init", "torch")}
     if arch == "mlp":
         return MLP(spec["input_dim"], spec["hidden"], spec["activation"], spec["num_classes"],
-                   spec.get("batch_norm", False))
+                   spec.get("batch_norm", False), **extra)
     if arch == "cnn":
-        return CNN(spec["channels"], spec["hidden"], spec["activation"], spec["num_classes"], spec["batch_norm"])
+        return CNN(spec["channels"], spec["hidden"], spec["activation"], spec["num_classes"], spec["batch_norm"],
+                   **extra)
     raise ValueError(f"model arch = {arch!r}; allowed: {', '.join(ARCHS)}")
 
 
 def make_model(cfg: Any, input_dim: int, num_classes: int) -> nn.Module:
-    """The model a ``model`` params group describes (arch, hidden, activation, channels, batch_norm)."""
+    """The model a ``model`` params group describes (arch, hidden or depth × width, activation, channels,
+    batch_norm, skip, init)."""
+    from landscape.config import hidden_widths
+
+    hidden = hidden_widths(cfg)
     if cfg.arch == "cnn":
-        return CNN(cfg.channels, cfg.hidden, cfg.activation, num_classes, cfg.batch_norm)
-    return MLP(input_dim, cfg.hidden, cfg.activation, num_classes, cfg.batch_norm)
+        return CNN(cfg.channels, hidden, cfg.activation, num_classes, cfg.batch_norm, cfg.skip, cfg.init)
+    return MLP(input_dim, hidden, cfg.activation, num_classes, cfg.batch_norm, cfg.skip, cfg.init)
 
 
 def has_batch_norm(model: nn.Module) -> bool:

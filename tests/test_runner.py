@@ -261,6 +261,9 @@ def test_an_interrupted_sweep_is_followed_by_its_rerun_then_analyzed(tmp_path):
                    for e in _queue_entries(project, env))
 
     first = popen(tmp_path / "first.log")
+    # the progress bar follows at once: `dvc queue start` returns while its workers run (they used to hold the
+    # pipe the driver read its output from, and the driver hung until the whole queue was done)
+    _wait_for(lambda: "sweep wd:" in (tmp_path / "first.log").read_text(), 60, "the driver to follow its points")
     _wait_for(running, 300, "a running point")
     first.kill()  # the driver dies without a word; DVC's queue workers go on
     first.wait(timeout=60)

@@ -71,8 +71,8 @@ def _derivatives(name: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def supports(model: nn.Module) -> bool:
     """True for the package's :class:`MLP` without batch norm and with default-configured activations (the
     analytic route applies)."""
-    if not isinstance(model, MLP) or model.spec.get("batch_norm"):
-        return False
+    if not isinstance(model, MLP) or model.spec.get("batch_norm") or model.spec.get("skip_blocks"):
+        return False  # batch norm and residual blocks: the exact autograd route
     acts = [m for m in model.net if not isinstance(m, nn.Linear)]
     ok = {nn.ReLU: None, nn.Tanh: None, nn.Sigmoid: None}
     for m in acts:

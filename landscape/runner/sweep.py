@@ -44,8 +44,10 @@ from landscape.runner.grid import Grid, Point, apply_overrides, dvc_set_args
 log = logging.getLogger(__name__)
 
 STATE_DIR = Path(".dvc") / "tmp" / "landscape-sweeps"
+MISSING_GIVE_UP_S = 60.0  # an entry in none of DVC's lists for this long was removed
 RESTART_WORKERS_S = 60.0  # queued entries but nothing running for this long: start the workers again
-NO_WORKER_GIVE_UP_S = 600.0  # …and give up (one line) when still nothing ran after this long
+NO_WORKER_GIVE_UP_S = 600.0  # …and give up (one line) when still nothing ran after this long (entries of other
+                             # sweeps running ahead of ours count as work: the queue is served in order)
 
 
 @dataclass
@@ -170,7 +172,8 @@ class _Queue:
             yield repo
 
     def pending(self) -> dict[str, tuple[str, str]]:
-        """``{stash rev: (name, 'Queued' | 'Running')}`` of every entry not finished yet."""
+        """``{stash rev: (name, 'Queued' | 'Running')}`` of every entry not finished yet (this sweep's and
+        any other's: the workers serve the queue in order)."""
         with self._repo() as repo:
             q = repo.experiments.celery_queue
             out = {e.stash_rev: (e.name or "", "Running") for e in q.iter_active()}
@@ -191,13 +194,14 @@ class _Queue:
             raise LandscapeError(f"queued {point.name} but found {len(new)} new queue entries for it")
         return new[0]
 
-    def outcome(self, rev: str) -> tuple[bool, str]:
-        """(succeeded, the last error line of its log) of a finished entry."""
+    def outcome(self, rev: str) -> tuple[bool, str] | None:
+        """(succeeded, the last error line of its log) of a finished entry; None while it is in none of DVC's
+        lists (a worker taking it from the queue is briefly neither queued, running nor done)."""
         with self._repo() as repo:
             q = repo.experiments.celery_queue
             entry = next((e for e, _ in q.iter_done() if e.stash_rev == rev), None)
             if entry is None:
-                return False, "the queue entry disappeared (removed by hand?)"
+                return None
             try:
                 result = q.get_result(entry)
             except Exception as exc:  # DVC reports a broken entry by raising
@@ -223,10 +227,18 @@ class _Queue:
                 remove_tasks(q, done)
 
     def start_workers(self, jobs: int) -> None:
-        out = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], cwd=self.root,
-                             capture_output=True, text=True, timeout=120)
+        """``dvc queue start -j N``. The workers it spawns inherit its standard streams and live for the whole
+        queue: its output goes to a file, never to a pipe this process would wait on until they exit."""
+        log_file = self.root / STATE_DIR / "queue-start.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "w") as fh:
+            try:
+                out = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], cwd=self.root,
+                                     stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300)
+            except subprocess.TimeoutExpired:
+                raise LandscapeError("dvc queue start did not return within 300 s; see `dvc queue status`") from None
         if out.returncode != 0:
-            raise LandscapeError(f"dvc queue start failed: {(out.stderr or out.stdout).strip()[-300:]}")
+            raise LandscapeError(f"dvc queue start failed: {log_file.read_text().strip()[-300:]}")
 
 
 def stage_error_line(log_text: str) -> str:
@@ -324,22 +336,31 @@ def _follow(queue: _Queue, grid: Grid, mine: dict[str, str], jobs: int, poll_s: 
     bar = tqdm(total=len(mine), desc=f"sweep {grid.name}", unit="point")
     idle_since = time.monotonic()
     last_restart = idle_since
+    missing_since: dict[str, float] = {}
     try:
         while len(outcomes) < len(mine):
             pending = queue.pending()
+            busy = any(status == "Running" for _, status in pending.values())  # on ours, or on earlier entries
             running = 0
             for name, rev in mine.items():
                 if name in outcomes:
                     continue
                 if rev in pending:
                     running += pending[rev][1] == "Running"
+                    missing_since.pop(name, None)
                     continue
-                outcomes[name] = queue.outcome(rev)
+                result = queue.outcome(rev)
+                if result is None:  # in transit between DVC's lists; gone for good only after a minute
+                    first = missing_since.setdefault(name, time.monotonic())
+                    if time.monotonic() - first < MISSING_GIVE_UP_S:
+                        continue
+                    result = (False, "its queue entry disappeared from DVC's queue (removed by hand?)")
+                outcomes[name] = result
                 bar.update(1)
             failed = sum(not ok for ok, _ in outcomes.values())
             bar.set_postfix(running=running, failed=failed, refresh=True)
             now = time.monotonic()
-            if running or len(outcomes) == len(mine):
+            if busy or len(outcomes) == len(mine):
                 idle_since = now
             elif now - idle_since > NO_WORKER_GIVE_UP_S:
                 raise LandscapeError(f"DVC's queue workers ran nothing for {NO_WORKER_GIVE_UP_S:.0f} s while "
