@@ -162,6 +162,7 @@ class ProbeConfig(_Group):
     trace_method: Literal["hutchinson", "hutch++"] = "hutchinson"
     top_k: int = Field(default=1, ge=1, le=100)
     smallest: bool = False
+    outliers: bool = False  # count the Hessian's eigenvalues separated from its bulk at every probed epoch
     density_epochs: Literal["last", "all", "none"] | list[int] = "last"
     density_runs: int = Field(default=4, ge=1)
     density_steps: int = Field(default=40, ge=2, le=1000)
@@ -197,6 +198,16 @@ class SurfaceConfig(_Group):
     points: int = Field(default=21, ge=3, le=201)
     range: float = Field(default=1.0, gt=0, le=1000)
     split: Literal["train", "test", "probe"] = "train"
+    curvature: bool = False  # λ_max, λ_min of the probe-set Hessian on a sub-grid (Li et al. Fig. 8)
+    curvature_points: int = Field(default=5, ge=2, le=201)
+    curvature_threshold: float = Field(default=0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _sub_grid(self) -> SurfaceConfig:
+        if self.curvature and self.curvature_points > self.points:
+            raise ValueError(f"surface.curvature_points = {self.curvature_points} exceeds surface.points = "
+                             f"{self.points}: the curvature sub-grid is the coarser one; allowed: 2..{self.points}")
+        return self
 
 
 class ConnectConfig(_Group):
@@ -331,6 +342,13 @@ class Params(_Group):
             raise ConfigError(
                 f"params.yaml: probe.top_k = {self.probe.top_k} with probe.lanczos_iters = {self.probe.lanczos_iters}: "
                 "Lanczos needs more steps than eigenvalues; allowed: probe.top_k < probe.lanczos_iters",
+                key="probe.top_k",
+            )
+        if self.probe.outliers and self.probe.top_k < 2 * 10:
+            raise ConfigError(
+                f"params.yaml: probe.outliers = true with probe.top_k = {self.probe.top_k}: the rule reads the top-k "
+                "eigenvalues, which must reach past the C = 10 expected outliers into the bulk; allowed: "
+                "probe.top_k >= 20",
                 key="probe.top_k",
             )
         if self.probe.trace_method == "hutch++" and 0 < self.probe.trace_samples < 3:

@@ -26,6 +26,7 @@ from torch import nn
 from landscape.config import ProbeConfig
 from landscape.curvature.density import spectral_density
 from landscape.curvature.eigenvalues import lanczos
+from landscape.curvature.outliers import count_outliers
 from landscape.curvature.hvp import HessianOperator
 from landscape.curvature.trace import hutchinson_trace, hutchpp_trace
 from landscape.evaluation import evaluate, loss_and_gradient, loss_function, losses_function, sum_loss
@@ -108,10 +109,13 @@ def probe(
     trace = estimator(op, cfg.trace_samples, seed=cfg.seed) if cfg.trace_samples > 0 else None
     products = op.num_products
     lap("trace")
-    spectrum = None
-    if density:
+    spectrum, outliers = None, None
+    if density or cfg.outliers:
         sd = spectral_density(op, runs=cfg.density_runs, steps=cfg.density_steps, seed=cfg.seed)
-        spectrum = {**sd.to_dict(), "hessian_trace_over_n": trace.trace / op.n if trace else None}
+        if density:
+            spectrum = {**sd.to_dict(), "hessian_trace_over_n": trace.trace / op.n if trace else None}
+        if cfg.outliers:
+            outliers = count_outliers(list(eig.eigenvalues), list(sd.grid), list(sd.density), sd.sigma, op.n)
     op.release()
     lap("density")
 
@@ -191,6 +195,10 @@ def probe(
         "adaptive_radius": cfg.adaptive_radius,
         "adaptive_worst_case_radius": cfg.adaptive_worst_case_radius,
     }
+    if outliers is not None:  # eigenvalues separated from the bulk (curvature/outliers.py states the rule)
+        record.update({"hessian_outliers": outliers["count"], "hessian_bulk_edge": outliers["bulk_edge"],
+                       "hessian_outlier_cutoff": outliers["cutoff"],
+                       "hessian_outliers_saturated": outliers["saturated"]})
     return record, spectrum
 
 

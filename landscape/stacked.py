@@ -68,6 +68,18 @@ class Layer:
     module: nn.Module
 
 
+class Save(nn.Module):
+    """Plan marker: keep the current activations for a residual connection."""
+
+
+class AddShortcut(nn.Module):
+    """Plan marker: add the kept activations, through ``shortcut`` (identity, or a linear map without bias)."""
+
+    def __init__(self, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.shortcut = shortcut
+
+
 @dataclass(frozen=True)
 class Plan:
     layers: tuple[Layer, ...]
@@ -91,18 +103,28 @@ class Plan:
 
 def layer_plan(model: nn.Module) -> Plan | None:
     """The plan of the package's MLP or CNN (see the module docstring); None for any other model."""
-    from landscape.models import CNN, MLP
+    from landscape.models import CNN, MLP, ResidualDense
+
+    def dense(net: nn.Module) -> list[Layer]:
+        if not isinstance(net, ResidualDense):
+            return [Layer(f"net.{i}", m) for i, m in enumerate(net)]
+        out = [Layer(f"net.stem.{i}", m) for i, m in enumerate(net.stem)]
+        for b, block in enumerate(net.blocks):
+            out.append(Layer("", Save()))
+            out += [Layer(f"net.blocks.{b}.body.{i}", m) for i, m in enumerate(block.body)]
+            out.append(Layer(f"net.blocks.{b}.shortcut", AddShortcut(block.shortcut)))
+        return [*out, Layer("net.head", net.head)]
 
     if type(model) is MLP:
-        layers = [Layer(f"net.{i}", m) for i, m in enumerate(model.net)]
+        layers = dense(model.net)
         view = lambda x: x.flatten(1)  # noqa: E731
     elif type(model) is CNN:
-        layers = [Layer(f"features.{i}", m) for i, m in enumerate(model.features)] + [Layer("", nn.Flatten())] + [
-            Layer(f"net.{i}", m) for i, m in enumerate(model.net)]
+        layers = [Layer(f"features.{i}", m) for i, m in enumerate(model.features)] + [Layer("", nn.Flatten())] + \
+            dense(model.net)
         view = lambda x: x.reshape(len(x), 1, 28, 28)  # noqa: E731
     else:
         return None
-    supported = (nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.Flatten, *ACTIVATIONS, *BATCH_NORMS)
+    supported = (nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.Flatten, Save, AddShortcut, *ACTIVATIONS, *BATCH_NORMS)
     if not all(isinstance(lay.module, supported) for lay in layers) or not isinstance(layers[0].module,
                                                                                         nn.Linear | nn.Conv2d):
         return None
@@ -117,9 +139,16 @@ def layer_plan(model: nn.Module) -> Plan | None:
 Stats = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def _apply(layer: Layer, p: dict[str, torch.Tensor], a: torch.Tensor, stats: Stats | None) -> torch.Tensor:
-    """One layer for G sets side by side: ``a`` is (G, B, …)."""
+def _apply(layer: Layer, p: dict[str, torch.Tensor], a: torch.Tensor, stats: Stats | None,
+           saved: list[torch.Tensor]) -> torch.Tensor:
+    """One layer for G sets side by side: ``a`` is (G, B, …); ``saved`` the activations kept for residuals."""
     m, g = layer.module, a.shape[0]
+    if isinstance(m, Save):
+        saved.append(a)
+        return a  # the block's first layer is a Linear: nothing works on this tensor in place
+    if isinstance(m, AddShortcut):
+        kept = saved.pop()
+        return a + (torch.bmm(kept, p["weight"].transpose(1, 2)) if "weight" in p else kept)
     if isinstance(m, nn.Linear):
         return torch.baddbmm(p["bias"].unsqueeze(1), a, p["weight"].transpose(1, 2))
     if isinstance(m, nn.Conv2d):
@@ -174,10 +203,11 @@ def stacked_outputs(plan: Plan, x: torch.Tensor, points: AffinePoints, rows: sli
     """Outputs (G, B, C) of the sets ``rows`` (their parameters ``thetas``) on the chunk ``x``, or with ``stop``
     the input of that layer (for batch-norm statistics)."""
     a = first_layer(plan, plan.input_view(x), points, rows, products, thetas)
+    saved: list[torch.Tensor] = []
     for lay in plan.layers[1:]:
         if lay.name == stop:
             return a
-        a = _apply(lay, plan.params(thetas, lay), a, stats)
+        a = _apply(lay, plan.params(thetas, lay), a, stats, saved)
     return a
 
 

@@ -70,7 +70,10 @@ class SurfaceInputs:
     threads: int
     device: str
     directions: str = "random"
-    lanczos_iters: int | None = None  # directions = hessian: the probe's Lanczos settings
+    curvature: bool = False
+    curvature_points: int | None = None
+    curvature_threshold: float | None = None
+    lanczos_iters: int | None = None  # directions = hessian or curvature: the probe's Lanczos settings
     tol: float | None = None
     chunk_size: int | None = None
     lanczos_start: str | None = None
@@ -129,14 +132,15 @@ def interpolate(p: Any) -> InterpolateInputs:
 
 def surface(p: Any) -> SurfaceInputs:
     s = p.surface
-    split, directions = s.split, s.directions
-    hessian = directions == "hessian"
+    split, directions, curvature = s.split, s.directions, s.curvature
+    hessian = directions == "hessian" or curvature
     samples, seed = (p.probe.samples, p.probe.seed) if split == "probe" or hessian else (None, None)
     lanczos = (p.probe.lanczos_iters, p.probe.tol, p.probe.chunk_size, p.probe.lanczos_start) if hessian else (
         None, None, None, None)
+    sub = (s.curvature_points, s.curvature_threshold) if curvature else (None, None)
     return SurfaceInputs(s.enabled, config.surface_epoch(p), s.seed, s.normalization, s.orthogonalize, s.points,
                          s.range, split, samples, seed, p.probe.eval_batch_size, p.train.threads, p.train.device,
-                         directions, *lanczos)
+                         directions, curvature, *sub, *lanczos)
 
 
 def connect(p: Any) -> ConnectInputs:

@@ -64,11 +64,12 @@ EPOCH_METRICS = {
     "worst_case_sharpness": "sharpness/worst_case", "adaptive_sharpness": "sharpness/adaptive",
     "adaptive_worst_case_sharpness": "sharpness/adaptive_worst_case",
     "adaptive_sharpness_stderr": "sharpness/adaptive_stderr", "worst_case_best_step": "sharpness/worst_case_best_step",
+    "hessian_outliers": "curvature/outliers", "hessian_bulk_edge": "curvature/bulk_edge",
 }
 # record keys that are settings or flags, not measurements: logged as params or not at all
 NOT_METRICS = {"epoch", "diverged", "lr", "momentum", "nesterov", "probe_samples", "sharpness_radius",
                "sharpness_directions", "trace_samples", "lambda_max_converged", "lambda_min_converged",
-               "ascent_steps", "adaptive_radius", "adaptive_worst_case_radius"}
+               "ascent_steps", "adaptive_radius", "adaptive_worst_case_radius", "hessian_outliers_saturated"}
 
 
 def metric_name(key: str) -> str:
@@ -381,8 +382,11 @@ def surface_summary(files: dict[str, Path]) -> dict[str, float]:
     path = Path(files.get("surface", ""))
     if not path.is_file():
         return {}
-    plane = read_json(path).get("plane") or {}
+    record = read_json(path)
+    plane = record.get("plane") or {}
     out: dict[str, float] = {}
+    if "curvature" in record:  # Li et al.'s convexity summary
+        out["surface/nonconvex_fraction"] = record["curvature"]["nonconvex_fraction"]
     if plane.get("kind") == "pca":
         out = {f"surface/explained_variance_{i + 1}": v for i, v in enumerate(plane["explained_variance"])}
     elif plane.get("kind") == "hessian":

@@ -1,4 +1,4 @@
-"""Stage surface: the 2-D loss surface around a checkpoint -> reports/surface.json."""
+"""Stage surface: the 2-D loss surface around a checkpoint -> reports/surface.json (+ surface_summary.json)."""
 
 from landscape import runtime  # first: sets the thread/offline environment
 from landscape import stage_inputs
@@ -11,15 +11,21 @@ def main() -> None:
 
     if not inp.enabled:
         write_json("reports/surface.json", {"enabled": False})
+        write_json("reports/surface_summary.json", {"enabled": False})
         print("surface: disabled (surface.enabled: false)")
         return
-    from landscape.paths.surface import surface_of_checkpoint
+    from landscape.paths.surface import surface_of_checkpoint, surface_summary
 
     env = runtime.configure_torch(inp.threads, inp.device)
     record = surface_of_checkpoint("checkpoints", "data", inp, env["device"])
     write_json("reports/surface.json", record)
+    summary = surface_summary(record)
+    write_json("reports/surface_summary.json", summary)
     print(f"surface: {inp.points}x{inp.points} grid around epoch {record['epoch']} on the {inp.split} split "
-          f"({record['samples']} examples, {inp.normalization} normalization) -> reports/surface.json")
+          f"({record['samples']} examples, {inp.directions} plane, {record['evaluation']} evaluation)"
+          + (f"; |λ_min/λ_max| > {summary['curvature_threshold']} at {summary['nonconvex_fraction']:.0%} of "
+             f"{summary['curvature_points']} points" if "nonconvex_fraction" in summary else "")
+          + (f"; {record['plane']['note']}" if (record.get("plane") or {}).get("note") else ""))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ FILES = {
     "spectrum": "reports/spectrum.json",
     "stability": "reports/stability.json",
     "surface": "reports/surface.json",
+    "surface_summary": "reports/surface_summary.json",
     "connectivity": "reports/connectivity.json",
     "connect_summary": "reports/connect_summary.json",
     "measures": "reports/measures.json",

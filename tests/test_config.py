@@ -91,6 +91,11 @@ CASES = [
     ("train.batch_size", "half", ["train.batch_size", "'full'"]),
     ("model.arch", "resnet", ["model.arch", "'mlp'", "'cnn'"]),
     ("model.channels", [6], ["model.channels", "two filter counts"]),
+    ("model.depth", 4, ["model.hidden = [256, 256] and model.depth = 4", "both given", "one form"]),
+    ("model.hidden", None, ["model.hidden is null", "model.depth and model.width"]),
+    ("model.depth", 0, ["model.depth", "greater than or equal to 1"]),
+    ("model.width", 0, ["model.width", "greater than or equal to 1"]),
+    ("model.init", "xavier", ["model.init", "'torch'", "'he'"]),
 ]
 
 
@@ -102,6 +107,15 @@ def test_bad_value_names_key_value_and_allowed(key, value, words):
     assert "\n" not in msg
     for w in words:
         assert w in msg, f"{w!r} not in {msg!r}"
+
+
+def test_depth_and_width_give_the_hidden_widths():
+    from landscape.config import hidden_widths
+
+    raw = with_change("model.hidden", None)
+    raw["model"].update({"depth": 3, "width": 64})
+    assert hidden_widths(parse_params(raw).model) == [64, 64, 64]
+    assert hidden_widths(parse_params(DEFAULT).model) == [256, 256]
 
 
 def test_cross_group_checks():

@@ -303,3 +303,25 @@ def test_single_vector_lanczos_reports_distinct_eigenvalues_documented_limitatio
     res = lanczos(HessianOperator(model, c, s, loss_fn=loss_fn), k=2, max_iters=6, tol=1e-8)
     assert list(res.eigenvalues) == pytest.approx([10.0 * scale, 5.0 * scale], rel=1e-8)
     assert all(res.converged)
+
+
+def _planted(spikes: list[float], n: int = 600, seed: int = 0) -> list[float]:
+    """A Marchenko–Pastur bulk (eigenvalues of XᵀX/m, X Gaussian m × (n − C), ratio ½: support [0.09, 2.9])
+    with the C ``spikes`` planted above it."""
+    g = torch.Generator().manual_seed(seed)
+    bulk_n = n - len(spikes)
+    x = torch.randn(2 * bulk_n, bulk_n, generator=g, dtype=torch.float64)
+    return sorted(torch.linalg.eigvalsh(x.T @ x / (2 * bulk_n)).tolist() + list(spikes))
+
+
+@pytest.mark.parametrize("spikes", [[8.0 + 2 * i for i in range(10)], []], ids=["10 spikes", "bulk alone"])
+def test_the_outlier_rule_counts_planted_spikes_and_nothing_in_a_bulk(spikes):
+    from landscape.curvature.outliers import count_outliers
+
+    model, c, s, loss_fn, _ = make_quadratic(_planted(spikes), n_samples=20, seed=5)
+    op = HessianOperator(model, c, s, loss_fn=loss_fn)
+    top = lanczos(op, k=20, max_iters=120, tol=1e-6, seed=0, start="random").eigenvalues
+    sd = spectral_density(op, runs=4, steps=40, seed=1)
+    got = count_outliers(list(top), list(sd.grid), list(sd.density), sd.sigma, op.n)
+    assert got["count"] == len(spikes) and not got["saturated"]
+    assert 2.0 < got["bulk_edge"] < 4.0  # the Marchenko–Pastur edge is (1 + √½)² = 2.91

@@ -74,10 +74,17 @@ def _model(arch: str, bn: bool):
     from landscape.models import CNN
 
     torch.manual_seed(3)
-    return CNN([3, 4], [12], "relu", 10, bn) if arch == "cnn" else MLP(784, [16, 12], "tanh", 10, bn)
+    if arch == "cnn":
+        return CNN([3, 4], [12], "relu", 10, bn)
+    if arch == "cnn-skip":
+        return CNN([3, 4], [12, 12, 8], "relu", 10, bn, skip=True)
+    if arch == "mlp-skip":  # an identity and a projected residual block
+        return MLP(784, [16, 16, 12], "relu", 10, bn, skip=True)
+    return MLP(784, [16, 12], "tanh", 10, bn)
 
 
-@pytest.mark.parametrize(("arch", "bn"), [("mlp", False), ("mlp", True), ("cnn", False), ("cnn", True)])
+@pytest.mark.parametrize(("arch", "bn"), [("mlp", False), ("mlp", True), ("cnn", False), ("cnn", True),
+                                          ("mlp-skip", False), ("mlp-skip", True), ("cnn-skip", True)])
 def test_factorized_planes_lines_and_curves_equal_direct_evaluation(arch, bn):
     """The first layer's shared products reassociate sums only: every point of a plane, a line and a Bézier
     curve equals the network evaluated on its own (batch-norm statistics recomputed per point by

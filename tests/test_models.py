@@ -31,6 +31,9 @@ def tiny(arch: str, batch_norm: bool):
     if arch == "cnn":
         model = CNN([2, 3], [5], "tanh", 3, batch_norm).double()
         x = torch.randn(24, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    elif arch == "resnet":  # residual MLP: an identity block (8 → 8) and a projected one (8 → 5)
+        model = MLP(6, [8, 8, 5], "tanh", 3, batch_norm, skip=True).double()
+        x = torch.randn(40, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     else:
         model = MLP(6, [12, 12], "tanh", 3, batch_norm).double()
         x = torch.randn(40, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -43,12 +46,13 @@ def tiny(arch: str, batch_norm: bool):
 @pytest.mark.parametrize(("arch", "batch_norm", "loss"), [
     ("cnn", False, "cross_entropy"), ("cnn", True, "cross_entropy"), ("mlp", True, "cross_entropy"),
     ("mlp", False, "mse"), ("cnn", False, "mse"), ("mlp", True, "mse"),
+    ("resnet", False, "cross_entropy"), ("resnet", True, "mse"),
 ])
 def test_every_model_and_loss_hvp_matches_the_dense_hessian(arch, batch_norm, loss):
     model, x, y = tiny(arch, batch_norm)
     H = dense_hessian(model, x, y, loss)
     op = HessianOperator(model, x, y, loss_fn=sum_loss(loss), chunk_size=10)
-    analytic = arch == "mlp" and not batch_norm
+    analytic = arch == "mlp" and not batch_norm  # residual blocks: the autograd route, and it says so
     assert op.route.startswith("analytic R-op") == analytic, op.route
     V = torch.randn(op.n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     for i in range(3):
@@ -150,3 +154,36 @@ def test_checkpoints_are_saved_from_cpu_tensors():
     assert to_cpu(sd) is sd  # on the CPU already: the same object, so CPU checkpoint bytes do not change
     meta = MLP(4, [3], "relu", 2, batch_norm=True).state_dict()
     assert to_cpu({"m": meta})["m"] is meta
+
+
+def test_a_residual_net_with_its_branches_zeroed_is_the_identity_through_the_blocks():
+    """h_i = h_{i−1} + f_i(h_{i−1}): with every branch f_i zeroed (tanh(0) = 0), the blocks pass their input
+    through, and the network is its head after its stem; a projection shortcut where the widths differ."""
+    torch.manual_seed(4)
+    model = MLP(6, [8, 8, 8], "tanh", 3, skip=True).double()
+    with torch.no_grad():
+        for block in model.net.blocks:
+            block.body[0].weight.zero_()
+            block.body[0].bias.zero_()
+    x = torch.randn(20, 6, dtype=torch.float64)
+    torch.testing.assert_close(model(x), model.net.head(model.net.stem(x)), rtol=0, atol=0)
+    assert all(isinstance(b.shortcut, torch.nn.Identity) for b in model.net.blocks)
+    projected = MLP(6, [8, 5], "relu", 3, skip=True)
+    assert isinstance(projected.net.blocks[0].shortcut, torch.nn.Linear)
+    assert projected.net.blocks[0].shortcut.bias is None  # ResNet's option B: a linear projection, no bias
+    plain = MLP(6, [8], "relu", 3, skip=True)  # one hidden layer: nothing to skip around
+    assert isinstance(plain.net, torch.nn.Sequential) and plain.spec["skip_blocks"] == 0
+
+
+def test_he_initialization_is_the_same_for_skip_and_no_skip():
+    for skip in (False, True):
+        torch.manual_seed(0)
+        model = MLP(784, [256] * 4, "relu", 10, skip=skip, init="he")
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                std = float(m.weight.std())
+                assert std == pytest.approx((2 / m.in_features) ** 0.5, rel=0.05)
+                assert m.bias is None or float(m.bias.abs().max()) == 0.0
+    torch.manual_seed(0)
+    default = MLP(784, [256], "relu", 10)
+    assert float(default.net[0].weight.std()) == pytest.approx((1 / (3 * 784)) ** 0.5, rel=0.05)

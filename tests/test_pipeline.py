@@ -49,7 +49,7 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     assert len(indices["indices"]) == 128 and indices["seed"] == 0
     assert sorted(p.name for p in (project / "plots").iterdir()) == [
         "connectivity.png", "curvature.png", "line_loss.png", "loss_accuracy.png", "sharpness.png", "spectrum.png",
-        "stability.png", "surface_3d.png", "surface_contour.png"]
+        "stability.png", "surface_3d.png", "surface_contour.png", "surface_curvature.png"]
     surface = json.loads((project / "reports/surface.json").read_text())
     assert (surface["epoch"], surface["split"], surface["normalization"]) == (2, "train", "filter")
     assert len(surface["loss"]) == 5 and all(len(row) == 5 for row in surface["loss"])
@@ -324,3 +324,36 @@ def test_mlflow_ui_opens_on_the_runs(project, monkeypatch, tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_architecture_pipeline_end_to_end(tmp_path, monkeypatch):
+    """A residual MLP (skip, He initialization) with the surface's curvature map and the Hessian's outlier count:
+    the new keys in the JSON files and MLflow, the figure; the map's centre is the probe's λ_max and λ_min at
+    that checkpoint; a model.skip edit reruns training and everything after it."""
+    from mlflow.tracking import MlflowClient
+
+    project = make_project(tmp_path / "arch", {
+        "model": {"hidden": [16, 16, 16], "skip": True, "init": "he"},
+        "probe": {"top_k": 20, "outliers": True, "lanczos_iters": 40},
+        "surface": {"points": 5, "curvature": True, "curvature_points": 3}})
+    assert "train" in reproduce(project, monkeypatch)
+    metrics = json.loads((project / "mnist_geometry_metrics.json").read_text())
+    last = metrics[-1]
+    assert last["hvp_route"].startswith("cached-graph double backward")  # residual blocks: the autograd route
+    assert {"hessian_outliers", "hessian_bulk_edge", "hessian_outliers_saturated"} <= last.keys()
+    assert 0 <= last["hessian_outliers"] <= 20
+    surface = json.loads((project / "reports/surface.json").read_text())
+    curv = surface["curvature"]
+    assert len(curv["x"]) == len(curv["y"]) == 3 and surface["evaluation"] == "factorized"
+    assert curv["lambda_max"][1][1] == pytest.approx(last["lambda_max"], rel=1e-4)  # the centre is the checkpoint
+    assert curv["lambda_min"][1][1] == pytest.approx(last["lambda_min"], rel=1e-3, abs=1e-6)
+    summary = json.loads((project / "reports/surface_summary.json").read_text())
+    assert summary["nonconvex_fraction"] == curv["nonconvex_fraction"] and summary["curvature_points"] == 9
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run = client.get_run(json.loads((project / "reports/mlflow_run.json").read_text())["run_id"])
+    assert run.data.metrics["summary/surface/nonconvex_fraction"] == pytest.approx(curv["nonconvex_fraction"])
+    assert run.data.metrics["curvature/outliers"] == last["hessian_outliers"]
+    assert run.data.params["model.skip"] == "True" and (project / "plots" / "surface_curvature.png").stat().st_size
+    set_params(project, {"model": {"skip": False}})
+    assert reproduce(project, monkeypatch) == ["train", "probe", "interpolate", "surface", "connect", "measures",
+                                               "plot", "track"]

@@ -64,10 +64,16 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
 
 def folded_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(name, weight matrix) of every Linear / Conv2d in order, batch norm folded in (:func:`fold_batch_norm`),
-    convolution kernels as c_out × (c_in k k) matrices."""
+    convolution kernels as c_out × (c_in k k) matrices; residual projections (no bias) included."""
+    from landscape.stacked import AddShortcut
+
     folded = fold_batch_norm(model)
-    return [(lay.name, lay.module.weight.detach().reshape(lay.module.weight.shape[0], -1))
-            for lay in layer_plan(folded).layers if isinstance(lay.module, nn.Linear | nn.Conv2d)]
+    out = []
+    for lay in layer_plan(folded).layers:
+        m = lay.module.shortcut if isinstance(lay.module, AddShortcut) else lay.module  # a residual's projection
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            out.append((lay.name, m.weight.detach().reshape(m.weight.shape[0], -1)))
+    return out
 
 
 def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:

@@ -110,16 +110,17 @@ def surface_of_checkpoint(ckpt_dir: str, data_root: str, inp: Any, device: str =
     kind = ckpt["optimizer"].get("loss", "cross_entropy")
     train = tuple(t.to(device) for t in load_split(data_root, "train"))
     probe = None
-    if inp.split == "probe" or inp.directions == "hessian":
+    if inp.split == "probe" or inp.directions == "hessian" or inp.curvature:
         idx = probe_indices(len(train[0]), inp.probe_samples, inp.probe_seed)
         probe = (train[0][idx], train[1][idx])
     data = probe if inp.split == "probe" else (
         train if inp.split == "train" else tuple(t.to(device) for t in load_split(data_root, "test")))
     common = {"epoch": epoch, "split": inp.split, **({"note": note} if note else {})}
     if inp.directions == "random":
+        delta, eta = plane_directions(model, inp.normalization, inp.seed, inp.orthogonalize)
         record = loss_surface(model, data, inp.points, inp.range, inp.normalization, inp.seed, inp.orthogonalize,
                               inp.eval_batch_size, kind, bn_data=train[0])
-        return {**common, **record}
+        return {**common, **record, **_curvature(model, delta, eta, inp.range, inp.range, inp, probe, kind, train)}
     if inp.directions == "pca":
         epochs = [e for e in available if e <= available[-1]]
         if len(epochs) < 3:
@@ -143,4 +144,36 @@ def surface_of_checkpoint(ckpt_dir: str, data_root: str, inp: Any, device: str =
         plane = {"kind": "hessian", **plane, "probe_samples": inp.probe_samples, "probe_seed": inp.probe_seed}
     record = surface_on_plane(model, data, delta, eta, xs, ys, inp.eval_batch_size, kind, bn_data=train[0])
     return {**common, **record, "directions": inp.directions, "points": inp.points,
-            "range": inp.range if inp.directions == "hessian" else None, "plane": plane}
+            "range": inp.range if inp.directions == "hessian" else None, "plane": plane,
+            **_curvature(model, delta, eta, xs[-1], ys[-1], inp, probe, kind, train)}
+
+
+def _curvature(model: nn.Module, delta: torch.Tensor, eta: torch.Tensor, ex: float, ey: float, inp: Any,
+               probe: Any, kind: str, train: Any) -> dict[str, Any]:
+    """``{"curvature": the map on the sub-grid}`` when ``surface.curvature`` asks for it (else nothing)."""
+    if not inp.curvature:
+        return {}
+    from landscape.paths.curvature_map import curvature_map
+
+    xs, ys = grid_axis(inp.curvature_points, ex), grid_axis(inp.curvature_points, ey)
+    return {"curvature": curvature_map(model, flatten(model), delta, eta, xs, ys, probe, kind, train[0],
+                                       inp.lanczos_iters, inp.tol, inp.probe_seed, inp.chunk_size, inp.lanczos_start,
+                                       inp.curvature_threshold, inp.eval_batch_size)}
+
+
+def surface_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The DVC metrics file ``reports/surface_summary.json``: what defines the plane, and the curvature map's
+    scalar summary when there is one."""
+    if not record.get("enabled", True) or "loss" not in record:
+        return {"enabled": False}
+    out: dict[str, Any] = {"directions": record.get("directions", "random"), "epoch": record["epoch"],
+                           "split": record["split"], "centre_loss": record["loss"][len(record["y"]) // 2][
+                               len(record["x"]) // 2]}
+    plane = record.get("plane") or {}
+    if plane.get("kind") == "pca":
+        out["explained_variance"] = sum(plane["explained_variance"])
+    if "curvature" in record:
+        c = record["curvature"]
+        out.update({"nonconvex_fraction": c["nonconvex_fraction"], "curvature_threshold": c["threshold"],
+                    "curvature_points": len(c["x"]) * len(c["y"]), "curvature_all_converged": c["all_converged"]})
+    return out

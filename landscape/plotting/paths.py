@@ -16,7 +16,7 @@ import numpy as np
 from landscape.config import PlotConfig
 from landscape.plotting.run import save, title
 
-PATH_FIGURES = ("surface_contour", "surface_3d", "connectivity")
+PATH_FIGURES = ("surface_contour", "surface_3d", "connectivity", "surface_curvature")
 
 
 def _note(ax: plt.Axes, text: str) -> None:
@@ -110,4 +110,33 @@ def path_figures(surface: dict[str, Any], connect: dict[str, Any], data: str, cf
         title(ax, f"Copies from epoch {connect['spawn_epoch']}: loss barrier {barrier:.3g}, test-error barrier "
                   f"{100 * err:.2f}%" if math.isfinite(barrier) else "Mode connectivity", data)
     save(fig, paths[2], cfg)
+    curvature_figure(surface, data, cfg, paths[3])
     return paths
+
+
+def curvature_figure(surface: dict[str, Any], data: str, cfg: PlotConfig, path: Path) -> None:
+    """The loss contour beside the map of |λ_min/λ_max| on the curvature sub-grid (Li et al. 2018, Fig. 8)."""
+    fig, axes = plt.subplots(1, 2, figsize=(cfg.width * 1.6, cfg.height * 1.1))
+    curv = surface.get("curvature") if surface.get("enabled", True) else None
+    if not curv:
+        for ax in axes:
+            _note(ax, "no curvature map: surface.curvature is false" if surface.get("enabled", True)
+                  and "loss" in surface else "no surface: surface.enabled is false")
+        save(fig, path, cfg)
+        return
+    x, y, z = np.array(surface["x"]), np.array(surface["y"]), np.array(surface["loss"], dtype=float)
+    cs = axes[0].contourf(x, y, z, levels=20, cmap="viridis")
+    fig.colorbar(cs, ax=axes[0], label=f"{surface['split']} loss")
+    ratio = np.array([[np.nan if v is None else v for v in row] for row in curv["ratio"]], dtype=float)
+    im = axes[1].imshow(np.clip(ratio, 0, 1), origin="lower", cmap="coolwarm", vmin=0, vmax=1, aspect="auto",
+                        extent=(curv["x"][0], curv["x"][-1], curv["y"][0], curv["y"][-1]))
+    fig.colorbar(im, ax=axes[1], label=r"$|\lambda_{min}/\lambda_{max}|$ (clipped at 1)")
+    for ax in axes:
+        ax.plot(0, 0, "k*", ms=10)
+        ax.set_xlabel(r"$x$ (along $\delta$)")
+        ax.set_ylabel(r"$y$ (along $\eta$)")
+    axes[1].set_title(f"{100 * curv['nonconvex_fraction']:.0f}% of {ratio.size} points above "
+                      f"{curv['threshold']:g}" + ("" if curv["all_converged"] else " (some not converged)"),
+                      fontsize=9)
+    title(axes[0], surface_title(surface), data)
+    save(fig, path, cfg)
