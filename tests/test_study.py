@@ -273,3 +273,17 @@ def test_analysis_of_an_unreachable_store_fails_in_seconds_with_one_line():
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(err) == 1 and "http://***@127.0.0.1:9" in err[0], proc.stderr
     assert "s3cret" not in proc.stderr + proc.stdout
+
+
+def test_the_report_describes_every_configuration_over_its_seeds(tmp_path):
+    from landscape.study.analysis import analyze
+
+    uri, logged = _store_with_runs(tmp_path, n=8, seeds=(0, 1))
+    rec = analyze("study", tmp_path / "out", uri=uri, resamples=50, log_run=False)
+    table = {(e["axes"]["model.hidden"], e["axes"]["train.lr"]): e for e in rec["configurations"]}
+    assert len(table) == 8 and all(e["runs"] == 2 for e in table.values())
+    first = table[("[16]", "0.01")]
+    lam = [m["curvature/lambda_max"] for m in logged[:2]]  # configuration 0, seeds 0 and 1
+    assert first["lambda_max"]["mean"] == pytest.approx(sum(lam) / 2)
+    assert first["lambda_max"]["sd"] == pytest.approx(abs(lam[0] - lam[1]) / 2**0.5)
+    assert "## Per configuration (mean ± sd over seeds)" in (tmp_path / "out" / "report.md").read_text()

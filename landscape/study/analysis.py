@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,7 +108,13 @@ MEASURES: list[Measure] = [
         ("ww_log_alpha_norm", "mean log α-norm (WeightWatcher)"))),
     Measure("steps_to_loss", "optimization", "SGD steps until the running train loss < 0.1 (epoch resolution)",
             _get("measures/steps_to_loss")),
+    Measure("hessian_outliers", "curvature", "eigenvalues separated from the Hessian's bulk (final epoch)",
+            _get("curvature/outliers")),
+    Measure("surface_nonconvex_fraction", "surface", "share of the curvature map with |λ_min/λ_max| > threshold",
+            _get("summary/surface/nonconvex_fraction")),
 ]
+# described per configuration (mean ± sd over seeds) in every report, beside the gaps and accuracies
+DESCRIBED = ("lambda_max", "hessian_outliers", "surface_nonconvex_fraction", "line_barrier")
 GAPS = {"loss_gap": "test − train loss", "error_gap": "test − train error"}
 
 
@@ -120,6 +127,7 @@ class RunRow:
     gaps: dict[str, float]
     trajectory: list[tuple[int, float]] = field(default_factory=list)  # (epoch, η·λ_max / threshold)
     end_time: int = 0
+    extra: dict[str, float] = field(default_factory=dict)  # accuracies: described per configuration, not ranked
 
 
 def _number(v: Any) -> float | None:
@@ -164,12 +172,13 @@ def collect(client: Any, experiment_id: str, min_train_accuracy: float | None = 
             elif min_train_accuracy is not None and train_acc < min_train_accuracy:
                 why = f"train accuracy {train_acc:.3f} < {min_train_accuracy} (did not fit the training set)"
         if why is not None:
-            skipped.append({"run_id": run.info.run_id, "name": name, "reason": why})
+            skipped.append({"run_id": run.info.run_id, "name": name, "reason": why, "params": dict(run.data.params)})
             continue
         params = dict(run.data.params)
         rows.append(RunRow(run.info.run_id, name, params, {ms.name: _number(ms.get(m, params)) for ms in MEASURES},
                            {"loss_gap": m["loss/generalization_gap"], "error_gap": train_acc - test_acc},
-                           end_time=run.info.end_time or 0))
+                           end_time=run.info.end_time or 0,
+                           extra={"train_accuracy": train_acc, "test_accuracy": test_acc}))
     rows, superseded = one_per_configuration(rows)
     skipped += superseded
     rows.sort(key=lambda r: r.name)
@@ -228,6 +237,34 @@ def correlations(rows: list[RunRow], axes: list[str], resamples: int = 2000, see
                           "interval": cluster_bootstrap_interval(x, y, clusters, resamples, seed=seed),
                           **granulated(hp, x, y, psi_axes, held=seeds)}
         out[ms.name] = entry
+    return out
+
+
+def configuration_table(rows: list[RunRow], skipped: list[dict[str, Any]], psi_axes: list[str]) -> list[dict]:
+    """Per configuration (the non-seed axes): runs used, runs skipped (diverged or not fitted), and the mean and
+    standard deviation over its seeds of the described measures, the gaps and the accuracies."""
+    groups: dict[tuple, list[RunRow]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.params.get(a) for a in psi_axes), []).append(r)
+    lost: dict[tuple, list[str]] = {}
+    for s in skipped:
+        key = tuple(s.get("params", {}).get(a) for a in psi_axes)
+        if any(v is not None for v in key) and not s["reason"].startswith("superseded"):
+            lost.setdefault(key, []).append(s["reason"])
+    out = []
+    for key in sorted(set(groups) | set(lost), key=repr):
+        members = groups.get(key, [])
+        entry: dict[str, Any] = {"axes": dict(zip(psi_axes, key, strict=True)), "runs": len(members),
+                                 "skipped": lost.get(key, [])}
+        values = {name: [r.measures.get(name) for r in members] for name in DESCRIBED}
+        values.update({g: [r.gaps[g] for r in members] for g in GAPS})
+        values.update({k: [r.extra.get(k) for r in members] for k in ("train_accuracy", "test_accuracy")})
+        for name, vals in values.items():
+            vals = [v for v in vals if v is not None]
+            if vals:
+                mean = statistics.fmean(vals)
+                entry[name] = {"mean": mean, "sd": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
+        out.append(entry)
     return out
 
 
@@ -305,7 +342,22 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
                 lines.append(f"| {fam} | {name} | {e['runs']} | {_fmt(g['tau'])} | [{_fmt(g['interval']['low'])}, "
                              f"{_fmt(g['interval']['high'])}] | {_fmt(g['Psi'])} | {per} |")
         lines.append("")
-    lines += ["## Runs used", "", "| run | id | " + " | ".join(f"`{a}`" for a in axes) + " | loss gap | error gap |",
+    table = configuration_table(rows, skipped, psi_axes)
+    cols = [c for c in (*DESCRIBED, "loss_gap", "error_gap", "train_accuracy") if any(c in e for e in table)]
+    lines += ["## Per configuration (mean ± sd over seeds)", "",
+              "| " + " | ".join(f"`{a}`" for a in psi_axes) + " | runs | " + " | ".join(cols) + " | skipped |",
+              "| --- |" * len(psi_axes) + " --- |" + " --- |" * len(cols) + " --- |"]
+    for e in table:
+        cells = []
+        for c in cols:
+            v = e.get(c)
+            cells.append("—" if v is None else f"{v['mean']:.3g}" + (f" ± {v['sd']:.2g}" if v["sd"] is not None
+                                                                      else ""))
+        why = "; ".join(sorted(set(e["skipped"])))[:120]
+        lines.append("| " + " | ".join(str(e["axes"][a]) for a in psi_axes) + f" | {e['runs']} | "
+                     + " | ".join(cells) + f" | {len(e['skipped'])}{' (' + why + ')' if why else ''} |")
+    lines += ["", "## Runs used", "",
+              "| run | id | " + " | ".join(f"`{a}`" for a in axes) + " | loss gap | error gap |",
               "| --- | --- |" + " --- |" * len(axes) + " --- | --- |"]
     for r in rows:
         lines.append(f"| {r.name} | `{r.run_id}` | " + " | ".join(str(r.params.get(a)) for a in axes)
@@ -352,7 +404,11 @@ def analyze(experiment: str, out_dir: Path, uri: str | None = None, resamples: i
                   "psi": "Jiang et al. 2020: groups hold every other coordinate fixed, seeds included",
                   "runs": [{"run_id": r.run_id, "name": r.name, "axes": {a: r.params.get(a) for a in axes},
                             "measures": r.measures, "gaps": r.gaps} for r in rows],
-                  "skipped": skipped, "correlations": corr, "families": family_summary(corr)}
+                  "skipped": [{k: v for k, v in s.items() if k != "params"} | {"axes": {a: s.get("params", {}).get(a)
+                                                                                         for a in axes}}
+                              for s in skipped],
+                  "correlations": corr, "families": family_summary(corr),
+                  "configurations": configuration_table(rows, skipped, psi_axes)}
         run_id = None
         if log_run:
             tags = {ANALYSIS_TAG: "true", "landscape.analysis.runs": ",".join(r.run_id for r in rows)[:5000]}
