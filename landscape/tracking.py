@@ -14,8 +14,7 @@
   (:func:`pick_run`).
 * Credentials: a tracking URI may carry ``user:password@``; it is written and printed only through
   :func:`redact_uri`.
-* Metric names are grouped by prefix (``loss/``, ``curvature/``, ``sharpness/``, ``stability/``, …) because
-  the MLflow UI groups charts by the part before ``/``. The JSON files keep their own keys.
+* What the run holds, by name: :mod:`landscape.run_metrics`.
 
 mlflow is imported lazily: it costs seconds per process.
 """
@@ -26,7 +25,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -36,6 +34,7 @@ from typing import Any
 from landscape.errors import LandscapeError
 from landscape.io import read_json
 from landscape.provenance import code_digest, git_commit, outputs_digest, run_key
+from landscape.run_metrics import _metric_value, epoch_metrics, readable_run_name, surface_summary
 
 log = logging.getLogger(__name__)
 
@@ -45,43 +44,6 @@ STALE_RUN_S = 3600.0  # an unfinished run whose writer started longer ago than t
 OUTPUTS_TAG = "landscape.outputs_digest"
 DEFAULT_STORE = "sqlite:///mlflow.db"  # relative to the repository root
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 opens on the runs, not GenAI
-
-# per-epoch record keys -> MLflow metric names (charts are grouped by the part before '/')
-EPOCH_METRICS = {
-    "train_loss": "loss/train", "test_loss": "loss/test", "probe_loss": "loss/probe",
-    "generalization_gap": "loss/generalization_gap",
-    "train_accuracy": "accuracy/train", "test_accuracy": "accuracy/test",
-    "grad_norm": "gradient/norm",
-    "lambda_max": "curvature/lambda_max", "lambda_max_residual": "curvature/lambda_max_residual",
-    "lambda_min": "curvature/lambda_min", "lambda_min_residual": "curvature/lambda_min_residual",
-    "hessian_trace": "curvature/hessian_trace", "hessian_trace_stderr": "curvature/hessian_trace_stderr",
-    "lanczos_iterations": "curvature/lanczos_iterations", "hvp_count": "curvature/hvp_count",
-    "directional_sharpness": "sharpness/directional", "directional_sharpness_stderr": "sharpness/directional_stderr",
-    "sharpness_trace_prediction": "sharpness/trace_prediction",
-    "stability_ratio": "stability/ratio", "stability_threshold": "stability/threshold",
-    "lgdi": "stability/lgdi", "lgdi_effective": "stability/lgdi_effective",
-    "num_params": "model/num_params",
-    "worst_case_sharpness": "sharpness/worst_case", "adaptive_sharpness": "sharpness/adaptive",
-    "adaptive_worst_case_sharpness": "sharpness/adaptive_worst_case",
-    "adaptive_sharpness_stderr": "sharpness/adaptive_stderr", "worst_case_best_step": "sharpness/worst_case_best_step",
-    "hessian_outliers": "curvature/outliers", "hessian_bulk_edge": "curvature/bulk_edge",
-}
-# record keys that are settings or flags, not measurements: logged as params or not at all
-NOT_METRICS = {"epoch", "diverged", "lr", "momentum", "nesterov", "probe_samples", "sharpness_radius",
-               "sharpness_directions", "trace_samples", "lambda_max_converged", "lambda_min_converged",
-               "ascent_steps", "adaptive_radius", "adaptive_worst_case_radius", "hessian_outliers_saturated"}
-
-
-def metric_name(key: str) -> str:
-    """The grouped MLflow name of a per-epoch record key (``curvature/…`` etc.; unknown keys go to ``probe/``)."""
-    if key in EPOCH_METRICS:
-        return EPOCH_METRICS[key]
-    for prefix, group in (("lambda", "curvature"), ("hessian", "curvature"), ("sharpness", "sharpness"),
-                          ("worst_case", "sharpness"), ("adaptive", "sharpness")):
-        if key.startswith(prefix) or prefix in key:
-            return f"{group}/{key}"
-    return f"probe/{key}"
-
 
 def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
@@ -139,14 +101,6 @@ def prepare_env() -> None:
     # MLflow prints "View run … at <tracking URI>" itself, credentials and all; the track stage prints its own
     # line, with the URI redacted
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-
-
-def _metric_value(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return float(v)
-    if isinstance(v, int | float) and math.isfinite(v):
-        return float(v)
-    return None
 
 
 def get_or_create_experiment(client: Any, name: str, uri: str, root: Path) -> str:
@@ -215,40 +169,6 @@ def failures_name_the_store(uri: str, hint: str = TRACK_HINT):
         detail = redact_uri(" ".join(str(exc).split()).replace(uri, redact_uri(uri)))[:300]
         raise LandscapeError(f"MLflow tracking at {redact_uri(uri)} failed ({type(exc).__name__}: {detail}); "
                              f"{hint}") from None
-
-
-def readable_run_name(flat_params: dict[str, Any], defaults: dict[str, Any], dataset: dict[str, Any]) -> str:
-    """The data actually used (``mnist offline 4000/1000``), then the params that differ from the defaults
-    (``lr=0.1 hidden=[64]``, or ``defaults``); the same for the same pipeline state."""
-    skip = {"track.experiment", "track.run_name"}
-    diffs = [f"{k.split('.', 1)[1]}={_short(v)}" for k, v in flat_params.items()
-             if k not in skip and defaults.get(k) != v]
-    data = f"{dataset.get('dataset', '?')} {dataset.get('source_used', '?')} " \
-           f"{dataset['train']['count']}/{dataset['test']['count']}"
-    return f"{data} · {' '.join(diffs) if diffs else 'defaults'}"[:250]
-
-
-def _short(v: Any) -> str:
-    return json.dumps(v, separators=(",", ":")) if isinstance(v, list) else str(v)
-
-
-def epoch_metrics(records: list[dict[str, Any]], history: dict[str, Any], timestamp: int) -> list[Any]:
-    """MLflow ``Metric`` objects: every numeric per-epoch record value at ``step = epoch``, the running
-    train loss and epoch wall time from the train history."""
-    from mlflow.entities import Metric
-
-    out = []
-    for rec in records:
-        for k, v in rec.items():
-            value = _metric_value(v)
-            if k not in NOT_METRICS and value is not None:
-                out.append(Metric(metric_name(k), value, timestamp, int(rec["epoch"])))
-    for h in history.get("history", []):
-        for k, name in (("train_loss", "train/running_loss"), ("wall_time_s", "time/epoch_s")):
-            value = _metric_value(h.get(k))
-            if value is not None:
-                out.append(Metric(name, value, timestamp, int(h["epoch"])))
-    return out
 
 
 def log_pipeline(
@@ -373,26 +293,6 @@ def log_pipeline(
         client.set_terminated(run_id, status="FINISHED", end_time=int(time.time() * 1000))
         log.info("logged MLflow run %s (%s) to %s", run_id, name, redact_uri(uri))
         return {**description, "run_id": run_id, "run_name": name, "reused": False, "url": run_url(uri, exp_id, run_id)}
-
-
-def surface_summary(files: dict[str, Path]) -> dict[str, float]:
-    """What defines the surface's plane, as ``summary/surface/…`` metrics: the explained variance of the PCA
-    directions, or the eigenvalues (and residuals) of the Hessian directions (surface.json, logged whole,
-    holds the rest: the trajectory, the extents, the evaluation route)."""
-    path = Path(files.get("surface", ""))
-    if not path.is_file():
-        return {}
-    record = read_json(path)
-    plane = record.get("plane") or {}
-    out: dict[str, float] = {}
-    if "curvature" in record:  # Li et al.'s convexity summary
-        out["surface/nonconvex_fraction"] = record["curvature"]["nonconvex_fraction"]
-    if plane.get("kind") == "pca":
-        out = {f"surface/explained_variance_{i + 1}": v for i, v in enumerate(plane["explained_variance"])}
-    elif plane.get("kind") == "hessian":
-        out = {f"surface/lambda_{i + 1}": v for i, v in enumerate(plane["eigenvalues"])}
-        out.update({f"surface/lambda_{i + 1}_residual": v for i, v in enumerate(plane["residuals"])})
-    return out
 
 
 def _stale(run: Any) -> bool:

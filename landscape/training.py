@@ -43,7 +43,7 @@ from landscape.models import make_model
 log = logging.getLogger(__name__)
 
 
-_CODE = ("training.py", "models.py", "data.py", "checkpoints.py", "config.py", "evaluation.py")
+_CODE = ("training.py", "models.py", "data.py", "checkpoints.py", "config.py", "derived.py", "evaluation.py")
 WALL_TIMES = ".wall_times.json"  # kept beside the checkpoints, outside DVC's view (.dvcignore): timings vary
 
 

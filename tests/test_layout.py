@@ -62,6 +62,7 @@ def variants() -> list[Params]:
         change(surface={"split": "probe", "epoch": 4}, connect={"curve": "bezier", "spawn_epoch": 2}),
         change(surface={"enabled": False}, connect={"enabled": False}),
         change(surface={"directions": "hessian"}),
+        change(surface={"curvature": True, "curvature_points": 3}),
         change(surface={"directions": "pca", "split": "test"}),
     ]
 

@@ -251,34 +251,6 @@ def test_tracking_server_down_then_up(tmp_path):
         server.wait(timeout=30)
 
 
-def test_parallel_queued_experiments_log_to_the_root_store(tmp_path):
-    project = make_project(tmp_path)
-    for lr in ("0.01", "0.02", "0.03", "0.04"):
-        q = dvc(project, "exp", "run", "--queue", "-S", f"train.lr={lr}", "-n", f"lr-{lr}")
-        assert q.returncode == 0, q.stderr
-    start = dvc(project, "queue", "start", "-j", "2", timeout=1200)
-    assert start.returncode == 0, start.stderr
-    deadline = time.time() + 1200
-    while True:
-        status = dvc(project, "queue", "status").stdout
-        if not any(s in status for s in ("Queued", "Running")):
-            break
-        assert time.time() < deadline, status
-        time.sleep(3)
-    assert status.count("Success") == 4, status
-    from mlflow.tracking import MlflowClient
-
-    assert not list(project.glob(".dvc/tmp/exps/**/mlflow.db")), "a run logged into a temporary copy"
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("landscape").experiment_id])
-    names = sorted(r.data.tags.get("dvc.exp_name") for r in runs)
-    assert names == ["lr-0.01", "lr-0.02", "lr-0.03", "lr-0.04"]
-    for r in runs:
-        assert r.info.status == "FINISHED" and r.data.params["train.lr"] == r.data.tags["dvc.exp_name"][3:]
-        paths = {a.path for a in client.list_artifacts(r.info.run_id, "outputs")}
-        assert {"outputs/mnist_geometry_metrics.json", "outputs/line_loss.json"} <= paths
-
-
 def test_tampered_data_is_refused_by_train_and_probe(reference, tmp_path):
     work = make_project(tmp_path)
     assert dvc(work, "repro", "download").returncode == 0

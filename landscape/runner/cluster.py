@@ -21,155 +21,33 @@ Safety (docs/scaling.md says what stays open and why):
 * ``state.json`` is written as each service comes up, so ``stop`` finds everything even after a failed start,
   and a failed start stops what it had started. ``stop`` ends every process of each service's own session
   (PostgreSQL with ``pg_ctl stop``), escalates to SIGKILL, and checks that none is left.
-PostgreSQL refuses to run as root: as root, its commands run as the ``postgres`` user.
+PostgreSQL: :mod:`landscape.runner.postgres`; processes and secrets: :mod:`landscape.runner.processes`.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
-import hashlib
-import hmac
-import ipaddress
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-DB_ROLE = "mlflow"
-
-
-class ClusterError(RuntimeError):
-    """A service could not start or stop; one line."""
-
-
-def _pg(tool: str) -> str:
-    for d in PG_BIN_DIRS:
-        if (d / tool).exists():
-            return str(d / tool)
-    found = shutil.which(tool)
-    if found is None:
-        raise ClusterError(f"PostgreSQL's {tool} is not installed (apt-get install postgresql)")
-    return found
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    """PostgreSQL will not run as root: run its tools as the postgres user then."""
-    if os.geteuid() != 0:
-        return cmd
-    return ["runuser", "-u", "postgres", "--", *cmd]
-
-
-def _run(cmd: list[str], what: str, stdin: str | None = None, timeout: float = 120) -> str:
-    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        last = [ln for ln in (out.stderr or out.stdout).splitlines() if ln.strip()][-1:] or ["no output"]
-        raise ClusterError(f"{what} failed: {last[0].strip()[:300]}")
-    return out.stdout
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write ``text`` to a file only its owner can read (created 0600 before anything is written)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o600)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def scram_verifier(password: str, iterations: int = 4096) -> str:
-    """PostgreSQL's stored form of a scram-sha-256 password (RFC 5802/7677), so the clear password never reaches
-    the server, its log or a command line: SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey."""
-    salt = secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
-
-
-def start_postgres(directory: Path, port: int | None = None) -> dict[str, Any]:
-    """initdb + pg_ctl start, listening on 127.0.0.1:``port`` and a private socket; a database ``mlflow`` owned by
-    the non-superuser role ``mlflow`` with a generated password in ``directory/pgpass`` (0600). Returns {pgdata,
-    socket_dir, host, port, uri (no password), pgpass}."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    port = port or free_port()
-    if os.geteuid() == 0:  # the postgres user must own and reach its data: a directory of its own under /tmp
-        home = Path(tempfile.mkdtemp(prefix="landscape-pg-"))
-        shutil.chown(home, "postgres")
-    else:
-        home = directory
-    pgdata = home / "pgdata"
-    if not (pgdata / "PG_VERSION").exists():
-        _run(_as_postgres([_pg("initdb"), "-D", str(pgdata), "--auth-local=peer", "--auth-host=scram-sha-256",
-                           "-E", "UTF8"]), "initdb")
-    _run(_as_postgres([_pg("pg_ctl"), "-D", str(pgdata), "-o", f"-h 127.0.0.1 -p {port} -k {home}",
-                       "-l", str(home / "postgres.log"), "-w", "start"]), "pg_ctl start")
-    info = {"pgdata": str(pgdata), "socket_dir": str(home), "host": "127.0.0.1", "port": port,
-            "uri": f"postgresql+psycopg2://{DB_ROLE}@127.0.0.1:{port}/mlflow", "pgpass": str(directory / "pgpass")}
-    psql = _as_postgres([_pg("psql"), "-h", str(home), "-p", str(port), "-d", "postgres", "-v", "ON_ERROR_STOP=1",
-                         "-qtA"])
-    password = secrets.token_urlsafe(24)
-    exists = _run([*psql, "-c", f"SELECT 1 FROM pg_roles WHERE rolname = '{DB_ROLE}'"], "psql").strip() == "1"
-    verb = "ALTER" if exists else "CREATE"
-    # the verifier travels on stdin; the clear password only into the 0600 file the MLflow server reads
-    _run(psql, "psql (role)", stdin=f"{verb} ROLE {DB_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                                    f"PASSWORD '{scram_verifier(password)}';\n")
-    if _run([*psql, "-c", "SELECT 1 FROM pg_database WHERE datname = 'mlflow'"], "psql").strip() != "1":
-        _run([*psql, "-c", f"CREATE DATABASE mlflow OWNER {DB_ROLE}"], "psql (database)")
-    write_secret(Path(info["pgpass"]), f"127.0.0.1:{port}:mlflow:{DB_ROLE}:{password}\n")
-    return info
-
-
-def stop_postgres(pgdata: str, timeout: float = 30) -> None:
-    """``pg_ctl stop -m fast``; if the postmaster is still there, SIGKILL it; remove a /tmp home we made."""
-    subprocess.run(_as_postgres([_pg("pg_ctl"), "-D", pgdata, "-m", "fast", "-w", "-t", str(int(timeout)), "stop"]),
-                   capture_output=True)
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        pid = int((Path(pgdata) / "postmaster.pid").read_text().split()[0])
-        stop_pid(pid, timeout=5, group=False)
-    home = Path(pgdata).parent
-    if home.name.startswith("landscape-pg-"):  # the directory start_postgres made for the postgres user
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def wait_http(url: str, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            if proc is not None and proc.poll() is not None:
-                raise ClusterError(f"the server for {url} exited with code {proc.returncode} before answering "
-                                   "(see its log)") from None
-            if time.time() > deadline:
-                raise ClusterError(f"{url} did not answer within {timeout:.0f} s") from None
-            time.sleep(0.5)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+from landscape.runner.postgres import _pg, start_postgres, stop_postgres  # noqa: F401 - re-exported for callers
+from landscape.runner.processes import (  # noqa: F401 - free_port, stop_pid, wait_http: re-exported for callers
+    ClusterError,
+    free_port,
+    is_loopback,
+    session_members,
+    stop_pid,
+    stop_session,
+    wait_http,
+    write_secret,
+)
 
 
 def start_mlflow_server(backend_uri: str, artifacts: Path, host: str = "127.0.0.1", port: int | None = None,
@@ -214,71 +92,6 @@ def start_mlflow_server(backend_uri: str, artifacts: Path, host: str = "127.0.0.
         stop_pid(proc.pid)
         raise
     return {**info, "pid": proc.pid, "uri": uri}
-
-
-def _gone(pid: int) -> bool:
-    """True when ``pid`` has exited (reaping it if it is our child; a zombie counts as gone)."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return True
-    except ChildProcessError:
-        pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state == "Z"
-
-
-def session_members(sid: int) -> list[int]:
-    """PIDs of the live processes of session ``sid`` (a service started in a session of its own keeps every
-    process it spawns there, Ray's renamed ``ray::`` agents included)."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            out.append(int(proc.name))
-    return out
-
-
-def stop_session(sid: int, timeout: float = 10) -> list[int]:
-    """SIGTERM every process of session ``sid``, SIGKILL what is left after ``timeout`` s (Ray's gcs_server and
-    raylet can take longer than that to exit); return the PIDs still alive after that (none, normally)."""
-    signalled: set[int] = set()
-    try:
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            for pid in session_members(sid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-                    signalled.add(pid)
-            deadline = time.time() + wait
-            while time.time() < deadline:
-                if not [p for p in session_members(sid) if not _gone(p)]:
-                    return []
-                time.sleep(0.2)
-        return [p for p in session_members(sid) if not _gone(p)]
-    finally:
-        for pid in signalled:  # reap our own children among them (zombies otherwise)
-            _gone(pid)
-
-
-def stop_pid(pid: int, timeout: float = 30, group: bool = True) -> None:
-    """SIGTERM the process (group) ``pid`` (leads), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            (os.killpg if group else os.kill)(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if _gone(pid):
-                return
-            time.sleep(0.2)
 
 
 def start_ray_head(directory: Path, host: str, port: int) -> dict[str, Any]:
