@@ -38,6 +38,7 @@ bench: env
 	pip install --quiet --no-deps pyhessian==0.1 2>&1 | grep -v "is ignored" || true
 	python -m benchmarks.curvature
 	python -m benchmarks.probe_speed
+	python -m benchmarks.paths_speed
 
 clean:
 	rm -rf data checkpoints plots reports dvc_plots

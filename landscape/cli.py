@@ -2,6 +2,7 @@
 
     landscape sweep GRID.yaml [--jobs N] [--dry-run]     run a grid of params edits as DVC experiments
     landscape analyze --experiment NAME [--out DIR]      geometry against generalization across its runs
+    landscape analyze --from-json OLD/analysis.json      the same statistics on the runs an earlier report recorded
     landscape ui [--port 5000] [--host 127.0.0.1]        MLflow UI on the pipeline's store (the runs page)
 
 Errors end in one line on stderr and a non-zero exit: 2 for bad input or an unusable environment (found before
@@ -85,9 +86,18 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from landscape.study.analysis import analyze
+    from landscape.study.analysis import analyze, reanalyze
 
     _root()
+    if args.from_json:
+        out = Path(args.out or Path(args.from_json).parent)
+        record = reanalyze(Path(args.from_json), out, resamples=args.resamples, seed=args.seed)
+        print(f"re-analysis of the {len(record['runs'])} runs in {args.from_json} -> {out}/report.md")
+        return 0
+    if not args.experiment:
+        from landscape.errors import InputError
+
+        raise InputError("analyze needs --experiment NAME (or --from-json ANALYSIS.json)")
     out = Path(args.out or f"reports/study/{args.experiment}")
     record = analyze(args.experiment, out, resamples=args.resamples, seed=args.seed, log_run=not args.no_log,
                      min_train_accuracy=args.min_train_accuracy)
@@ -109,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--dvc-remote", help="ray: the DVC remote experiments are pushed to")
     sw.set_defaults(func=_sweep)
     an = sub.add_parser("analyze", help="Kendall τ and Ψ of geometry against the generalization gap")
-    an.add_argument("--experiment", required=True, help="the MLflow experiment (a sweep's 'experiment')")
+    an.add_argument("--experiment", help="the MLflow experiment (a sweep's 'experiment')")
+    an.add_argument("--from-json", help="recompute the statistics on the runs an earlier analysis.json recorded")
     an.add_argument("--out", help="output directory (default reports/study/<experiment>)")
     an.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of runs")
     an.add_argument("--seed", type=int, default=0, help="bootstrap seed")

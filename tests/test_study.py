@@ -287,3 +287,15 @@ def test_the_report_describes_every_configuration_over_its_seeds(tmp_path):
     assert first["lambda_max"]["mean"] == pytest.approx(sum(lam) / 2)
     assert first["lambda_max"]["sd"] == pytest.approx(abs(lam[0] - lam[1]) / 2**0.5)
     assert "## Per configuration (mean ± sd over seeds)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_recorded_analysis_is_reanalysed_to_the_same_statistics(tmp_path):
+    """`landscape analyze --from-json`: the statistics of this code on the runs an earlier analysis.json
+    recorded; on this code's own record it reproduces every τ, interval and Ψ."""
+    from landscape.study.analysis import analyze, reanalyze
+
+    uri, _ = _store_with_runs(tmp_path, n=8, seeds=(0, 1))
+    rec = analyze("study", tmp_path / "out", uri=uri, resamples=100, log_run=False)
+    again = reanalyze(tmp_path / "out" / "analysis.json", tmp_path / "again", resamples=100)
+    assert again["correlations"] == rec["correlations"] and again["axes"] == rec["axes"]
+    assert "*Re-analysis*" in (tmp_path / "again" / "report.md").read_text()

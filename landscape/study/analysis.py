@@ -307,34 +307,16 @@ def analyze(experiment: str, out_dir: Path, uri: str | None = None, resamples: i
             threshold = _number(client.get_run(r.run_id).data.metrics.get("stability/threshold"))
             if threshold:
                 r.trajectory = sorted((int(h.step), h.value / threshold) for h in hist)
-        axes = varying_axes(rows)
-        psi_axes, seeds = split_axes(axes)
-        corr = correlations(rows, axes, resamples, seed)
+        record, corr, axes = build_record(experiment, exp.experiment_id, rows, skipped, resamples, seed,
+                                          min_train_accuracy)
         out_dir.mkdir(parents=True, exist_ok=True)
-        record = {"experiment": experiment, "experiment_id": exp.experiment_id, "axes": axes,
-                  "psi_axes": psi_axes, "replicate_axes": seeds,
-                  "min_train_accuracy": min_train_accuracy,
-                  "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95, "unit": "configuration",
-                                "configurations": len({tuple(r.params.get(a) for a in psi_axes) for r in rows})},
-                  "psi": "Jiang et al. 2020: groups hold every other coordinate fixed, seeds included",
-                  "runs": [{"run_id": r.run_id, "name": r.name, "axes": {a: r.params.get(a) for a in axes},
-                            "measures": r.measures, "gaps": r.gaps} for r in rows],
-                  "skipped": [{k: v for k, v in s.items() if k != "params"} | {"axes": {a: s.get("params", {}).get(a)
-                                                                                         for a in axes}}
-                              for s in skipped],
-                  "correlations": corr, "families": family_summary(corr),
-                  "configurations": configuration_table(rows, skipped, psi_axes)}
         run_id = None
         if log_run:
             tags = {ANALYSIS_TAG: "true", "landscape.analysis.runs": ",".join(r.run_id for r in rows)[:5000]}
             run_id = client.create_run(exp.experiment_id, run_name=f"analysis of {len(rows)} runs", tags=tags,
                                        start_time=int(time.time() * 1000)).info.run_id
             record["analysis_run_id"] = run_id
-        write_json(out_dir / "analysis.json", record)
-        (out_dir / "report.md").write_text(report_markdown(experiment, rows, skipped, axes, corr, resamples, seed))
-        from landscape.study.figures import study_figures
-
-        figures = study_figures(rows, axes, list(corr), out_dir)
+        figures = write_outputs(out_dir, record, rows, skipped, axes, corr, resamples, seed)
         if run_id is not None:
             try:
                 client.log_param(run_id, "runs_used", len(rows))
@@ -351,3 +333,58 @@ def analyze(experiment: str, out_dir: Path, uri: str | None = None, resamples: i
                 raise
             client.set_terminated(run_id, "FINISHED")
         return record
+
+
+def build_record(experiment: str, experiment_id: str | None, rows: list[RunRow], skipped: list[dict[str, Any]],
+                 resamples: int, seed: int, min_train_accuracy: float | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """(analysis.json's record, the correlations, the varying axes) of the usable ``rows``."""
+    axes = varying_axes(rows)
+    psi_axes, seeds = split_axes(axes)
+    corr = correlations(rows, axes, resamples, seed)
+    record = {"experiment": experiment, "experiment_id": experiment_id, "axes": axes,
+              "psi_axes": psi_axes, "replicate_axes": seeds, "min_train_accuracy": min_train_accuracy,
+              "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95, "unit": "configuration",
+                            "configurations": len({tuple(r.params.get(a) for a in psi_axes) for r in rows})},
+              "psi": "Jiang et al. 2020: groups hold every other coordinate fixed, seeds included",
+              "runs": [{"run_id": r.run_id, "name": r.name, "axes": {a: r.params.get(a) for a in axes},
+                        "measures": r.measures, "gaps": r.gaps} for r in rows],
+              "skipped": [{k: v for k, v in s.items() if k != "params"}
+                          | {"axes": {a: s.get("params", {}).get(a) for a in axes}} for s in skipped],
+              "correlations": corr, "families": family_summary(corr),
+              "configurations": configuration_table(rows, skipped, psi_axes)}
+    return record, corr, axes
+
+
+def write_outputs(out_dir: Path, record: dict[str, Any], rows: list[RunRow], skipped: list[dict[str, Any]],
+                  axes: list[str], corr: dict[str, Any], resamples: int, seed: int) -> list[Path]:
+    """analysis.json, report.md and the figures into ``out_dir``; returns the figures."""
+    from landscape.study.figures import study_figures
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "analysis.json", record)
+    (out_dir / "report.md").write_text(report_markdown(record["experiment"], rows, skipped, axes, corr, resamples,
+                                                       seed))
+    return study_figures(rows, axes, list(corr), out_dir)
+
+
+def reanalyze(path: Path, out_dir: Path, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The statistics of this code on the runs an earlier ``analysis.json`` recorded (each run's axes, measures
+    and gaps as that analysis read them from MLflow): for reports written before a change of the statistics.
+    Runs and skipped runs are taken as recorded; measures the earlier code did not compute stay absent."""
+    from landscape.io import read_json
+
+    old = read_json(path)
+    rows = [RunRow(r["run_id"], r["name"], dict(r["axes"]), r["measures"], r["gaps"]) for r in old["runs"]]
+    if len(rows) < MIN_RUNS:
+        raise InputError(f"{path} records {len(rows)} run(s); a rank correlation needs at least {MIN_RUNS}")
+    record, corr, axes = build_record(old["experiment"], old.get("experiment_id"), rows, old.get("skipped", []),
+                                      resamples, seed, old.get("min_train_accuracy"))
+    record["reanalysis_of"] = str(path)
+    write_outputs(out_dir, record, rows, old.get("skipped", []), axes, corr, resamples, seed)
+    report = out_dir / "report.md"
+    head, _, rest = report.read_text().partition("\n")
+    report.write_text(f"{head}\n\n*Re-analysis*: this code's statistics on the runs recorded in `{path.name}` "
+                      "(their measures as the code of that time computed them; the runs' MLflow records are not "
+                      f"read again).\n{rest}")
+    return record
