@@ -299,6 +299,12 @@ def test_an_interrupted_sweep_is_followed_by_its_rerun_then_analyzed(tmp_path):
     assert analysis["correlations"]["lambda_max"]["loss_gap"]["tau"] == pytest.approx(
         scipy.stats.kendalltau(lam, gap).statistic, abs=1e-12)
     assert os.path.exists(project / "study" / "report.md")
+    # every family of generalization measure is a row of the analysis: from each run's measures stage
+    for name, family in (("log_prod_spec", "norm & margin"), ("pacbayes_mag_flatness", "pac-bayes"),
+                         ("ww_alpha", "weight spectrum"), ("lambda_max", "curvature")):
+        assert analysis["correlations"][name]["family"] == family and analysis["correlations"][name]["runs"] == 4
+    assert {r["measures"]["pacbayes_flatness"] for r in analysis["runs"]} == {
+        by_name[n].data.metrics["measures/pacbayes_flatness"] for n in order}
 
 
 def dvc(project: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -299,3 +299,20 @@ def test_a_recorded_analysis_is_reanalysed_to_the_same_statistics(tmp_path):
     again = reanalyze(tmp_path / "out" / "analysis.json", tmp_path / "again", resamples=100)
     assert again["correlations"] == rec["correlations"] and again["axes"] == rec["axes"]
     assert "*Re-analysis*" in (tmp_path / "again" / "report.md").read_text()
+
+
+def test_the_family_lead_compares_intervals_in_the_direction_of_each_psi():
+    from landscape.study.analysis import family_summary
+
+    def entry(family, psi, lo, hi):
+        return {"family": family, "loss_gap": {"Psi": psi, "tau": (lo + hi) / 2, "interval": {"low": lo, "high": hi}},
+                "error_gap": {"Psi": psi, "tau": (lo + hi) / 2, "interval": {"low": lo, "high": hi}}}
+
+    corr = {"a": entry("pac-bayes", 0.66, 0.23, 0.71), "b": entry("norm", -0.63, -0.80, -0.36),
+            "c": entry("curvature", 0.10, -0.20, 0.30)}
+    lead = family_summary(corr)["loss_gap"]["lead"]
+    assert (lead["winner"], lead["runner_up"]) == ("pac-bayes", "norm")
+    assert lead["tau_intervals_overlap"]  # |τ| in [0.23, 0.71] against [0.36, 0.80]: not resolved
+    assert lead["abs_psi_margin"] == pytest.approx(0.03)
+    corr["b"] = entry("norm", -0.63, -0.20, -0.05)
+    assert not family_summary(corr)["loss_gap"]["lead"]["tau_intervals_overlap"]

@@ -194,7 +194,8 @@ def _abs_psi(entry: dict[str, Any], gap: str) -> float:
 
 def family_summary(corr: dict[str, Any]) -> dict[str, Any]:
     """Per gap: each family's measure with the largest |Ψ|, families ordered by it, and the lead of the first
-    over the second (in |Ψ|), with whether their τ intervals overlap."""
+    over the second (in |Ψ|), with whether their τ intervals overlap once each is taken in the direction of its
+    Ψ (a negative and a positive correlation of equal strength are equally good predictors)."""
     out: dict[str, Any] = {}
     for gap in GAPS:
         best: dict[str, str] = {}
@@ -209,9 +210,14 @@ def family_summary(corr: dict[str, Any]) -> dict[str, Any]:
         lead = None
         if len(rows) >= 2:
             a, b = rows[0], rows[1]
-            overlap = not (a["interval"][0] > b["interval"][1] or b["interval"][0] > a["interval"][1])
+
+            def aligned(r: dict[str, Any]) -> tuple[float, float]:  # the interval of |τ| in the direction of Ψ
+                lo, hi = r["interval"]
+                return (lo, hi) if r["Psi"] >= 0 else (-hi, -lo)
+
+            (alo, ahi), (blo, bhi) = aligned(a), aligned(b)
             lead = {"winner": a["family"], "runner_up": b["family"], "abs_psi_margin": abs(a["Psi"]) - abs(b["Psi"]),
-                    "tau_intervals_overlap": overlap}
+                    "tau_intervals_overlap": not (alo > bhi or blo > ahi)}
         out[gap] = {"best_by_family": rows, "lead": lead}
     return out
 
@@ -244,7 +250,9 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
         if lead:
             overlap = "overlap" if lead["tau_intervals_overlap"] else "do not overlap"
             lines += ["", f"On this grid `{lead['winner']}` leads `{lead['runner_up']}` by "
-                      f"{lead['abs_psi_margin']:.2f} in |Ψ|; their τ intervals {overlap}."]
+                      f"{lead['abs_psi_margin']:.2f} in |Ψ|; their τ intervals, each taken in the direction of its Ψ, "
+                      f"{overlap}" + (" (the lead is within the resampling noise)." if lead["tau_intervals_overlap"]
+                                      else ".")]
         lines += ["", "| family | measure | runs | τ | 95% interval | Ψ | " + " | ".join(f"ψ `{a}`" for a in psi_axes)
                   + " |", "| --- | --- | --- | --- | --- | --- |" + " --- |" * len(psi_axes)]
         families = list(dict.fromkeys(ms.family for ms in MEASURES))
