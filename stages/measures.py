@@ -19,6 +19,9 @@ def main() -> None:
     record, timings = measure_run("checkpoints", "data", read_json("reports/train_history.json"), inp.measures,
                                   inp.eval_batch_size, env["device"])
     write_json("reports/measures.json", record)
+    if record.get("skipped"):
+        print(f"measures: {record['skipped']}")
+        return
     v = record["values"]
     print(f"measures: epoch {record['epoch']}: margin {v['margin']:.3g}, log prod spec {v['log_prod_spec']:.3g}"
           + (f", PAC-Bayes 1/σ² {v['pacbayes_flatness']:.3g} (magnitude-aware {v['pacbayes_mag_flatness']:.3g})"

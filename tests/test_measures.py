@@ -166,3 +166,14 @@ def test_steps_to_loss_counts_steps_at_epoch_resolution():
     assert (got["steps"], got["epoch"], got["steps_per_epoch"]) == (3 * 8, 3, 8)
     assert steps_to_loss(history, 1000, "full")["steps"] == 3
     assert steps_to_loss(history, 1000, 128, threshold=0.01)["steps"] is None
+
+
+def test_a_run_that_diverged_in_its_first_epoch_is_a_record_not_a_failure(tmp_path):
+    from landscape.checkpoints import checkpoint_path, save_checkpoint
+    from landscape.config import MeasuresConfig
+    from landscape.measures.record import measure_run
+
+    model = MLP(784, [8], "relu", 10)
+    save_checkpoint(checkpoint_path(tmp_path, 0), {"epoch": 0, "model": model.state_dict(), "spec": model.spec})
+    record, timings = measure_run(tmp_path, tmp_path, {"diverged": True, "history": []}, MeasuresConfig())
+    assert record["epoch"] is None and "diverged" in record["skipped"] and record["values"] == {} and timings == {}

@@ -30,15 +30,20 @@ def measure_run(ckpt_dir: str | Path, data_root: str | Path, history: dict[str, 
     from landscape.models import has_batch_norm, network_at
 
     available = sorted(list_checkpoints(ckpt_dir))
-    if 0 not in available or len(available) < 2:
-        raise LandscapeError(f"measures need the initialization (epoch 0) and a trained checkpoint; found {available}")
+    if 0 not in available:
+        raise LandscapeError(f"measures need the initialization (epoch 0 checkpoint); found {available}")
+    if len(available) < 2:  # training diverged in its first epoch: a result, not a failure (README, Reliability)
+        return {"epoch": None, "init_epoch": 0, "values": {}, "families": {}, "settings": cfg.model_dump(),
+                "skipped": "training diverged before the first trained checkpoint: no network to measure"}, {}
     epoch = available[-1]
     ckpt = load_checkpoint(checkpoint_path(ckpt_dir, epoch))
     x, y = (t.to(device) for t in load_split(data_root, "train"))
     model = network_at(model_from_checkpoint(ckpt).to(device), x, batch_size)
     init = network_at(model_from_checkpoint(load_checkpoint(checkpoint_path(ckpt_dir, 0))).to(device), x, batch_size)
     timings: dict[str, float] = {}
-    record: dict[str, Any] = {"epoch": epoch, "init_epoch": 0, "examples": len(y),
+    record: dict[str, Any] = {"epoch": epoch, "init_epoch": 0, "examples": len(y), **(
+        {"note": f"the last finite checkpoint, epoch {epoch} (training diverged or stopped before "
+                 f"{history.get('epochs', epoch)})"} if history.get("diverged") else {}),
                               "batch_norm_statistics": "recomputed on the training split" if has_batch_norm(model)
                               else None, "settings": cfg.model_dump()}
     t0 = time.perf_counter()
