@@ -191,3 +191,10 @@ def test_stage_fails_before_work_and_leaves_outputs_untouched(tmp_path):
         assert err[-1] == "error: params.yaml: train.lr = -1.0 is invalid: Input should be greater than 0", err
     assert sentinel.read_text() == '{"previous": true}\n'
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "dataset.json", "params.yaml"]
+
+
+def test_params_yaml_lists_every_key_with_its_default():
+    """A key missing from the file cannot be set by dvc exp run -S (sweeps) and hides its default from users."""
+    for group, model in Params.model_fields.items():
+        fields = set(model.annotation.model_fields)
+        assert set(DEFAULT[group]) == fields, (group, fields ^ set(DEFAULT[group]))

@@ -69,6 +69,17 @@ def test_bad_grids_are_refused_before_anything_runs(tmp_path, spec, words):
     assert words in str(exc.value) and "\n" not in str(exc.value)
 
 
+def test_a_key_params_yaml_lacks_is_refused_even_when_params_validation_knows_it(tmp_path):
+    """dvc exp run -S cannot add a key: a sweep over one would fail at queue time, after the grid was accepted."""
+    params = read_yaml(ROOT / "params.yaml")
+    del params["surface"]["curvature"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(GridError) as exc:
+        load_grid(_grid(tmp_path, {"grid": {"train.lr": [0.1]}, "fixed": {"surface.curvature": True}}),
+                  tmp_path / "params.yaml")
+    assert "'surface.curvature' is not in" in str(exc.value) and "add 'curvature' under 'surface:'" in str(exc.value)
+
+
 def test_a_grid_over_train_seed_runs_with_the_default_copy_seed(tmp_path):
     """connect.data_seed: null derives the copy's order from train.seed, never equal to it."""
     from landscape.config import connect_data_seed

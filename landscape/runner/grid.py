@@ -140,6 +140,11 @@ def load_grid(path: str | Path, params_path: str | Path = "params.yaml") -> Grid
     if "track.experiment" in axes:
         raise GridError(f"{path}: track.experiment is set by the sweep (entry 'experiment'), not a grid axis")
     base = read_yaml(Path(params_path)) or {}
+    for key in [*axes, *fixed]:
+        group, field_name = key.split(".", 1)
+        if not isinstance(base.get(group), dict) or field_name not in base[group]:
+            raise GridError(f"{path}: '{key}' is not in {params_path}; allowed: keys the file has (dvc exp run -S "
+                            f"sets only those): add '{field_name}' under '{group}:' with its default first", key=key)
     grid = Grid(experiment=experiment, name=name, axes=axes, fixed=dict(fixed))
     for i, combo in enumerate(itertools.product(*axes.values())):
         values = dict(zip(axes, combo, strict=True))
