@@ -286,7 +286,13 @@ def test_the_report_describes_every_configuration_over_its_seeds(tmp_path):
     lam = [m["curvature/lambda_max"] for m in logged[:2]]  # configuration 0, seeds 0 and 1
     assert first["lambda_max"]["mean"] == pytest.approx(sum(lam) / 2)
     assert first["lambda_max"]["sd"] == pytest.approx(abs(lam[0] - lam[1]) / 2**0.5)
-    assert "## Per configuration (mean ± sd over seeds)" in (tmp_path / "out" / "report.md").read_text()
+    assert [(e["axes"]["model.hidden"], e["axes"]["train.lr"]) for e in rec["configurations"]][:2] == \
+        [("[16]", "0.01"), ("[16]", "0.1")]  # numbers in value order, lists element-wise
+    report = (tmp_path / "out" / "report.md").read_text()
+    section = report.split("## Per configuration (mean ± sd over seeds)")[1].split("##")[0]
+    header, rule, *body = [line for line in section.splitlines() if line.startswith("|")]
+    assert rule == "|" + " --- |" * (header.count("|") - 1) and len(body) == 8
+    assert all(line.count("|") == header.count("|") for line in body)
 
 
 def test_a_recorded_analysis_is_reanalysed_to_the_same_statistics(tmp_path):
@@ -316,3 +322,10 @@ def test_the_family_lead_compares_intervals_in_the_direction_of_each_psi():
     assert lead["abs_psi_margin"] == pytest.approx(0.03)
     corr["b"] = entry("norm", -0.63, -0.20, -0.05)
     assert not family_summary(corr)["loss_gap"]["lead"]["tau_intervals_overlap"]
+
+
+def test_configurations_sort_by_value_not_by_text():
+    from landscape.study.analysis import _natural
+
+    assert sorted(["512", "32", "128"], key=_natural) == ["32", "128", "512"]
+    assert sorted(["[256, 256]", "[64]", "null"], key=_natural) == ["[64]", "[256, 256]", "null"]

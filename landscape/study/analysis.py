@@ -167,7 +167,7 @@ def configuration_table(rows: list[RunRow], skipped: list[dict[str, Any]], psi_a
         if any(v is not None for v in key) and not s["reason"].startswith("superseded"):
             lost.setdefault(key, []).append(s["reason"])
     out = []
-    for key in sorted(set(groups) | set(lost), key=repr):
+    for key in sorted(set(groups) | set(lost), key=lambda k: tuple(_natural(v) for v in k)):
         members = groups.get(key, [])
         entry: dict[str, Any] = {"axes": dict(zip(psi_axes, key, strict=True)), "runs": len(members),
                                  "skipped": lost.get(key, [])}
@@ -181,6 +181,22 @@ def configuration_table(rows: list[RunRow], skipped: list[dict[str, Any]], psi_a
                 entry[name] = {"mean": mean, "sd": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
         out.append(entry)
     return out
+
+
+def _natural(value: Any) -> tuple:
+    """Sort key for a logged param value: numbers by value ("32" before "128"), lists element-wise, None last."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return (2, value)
+    if value is None:
+        return (3, 0)
+    if isinstance(value, (bool, int, float)):
+        return (0, float(value))
+    if isinstance(value, list):
+        return (1, tuple(_natural(v) for v in value))
+    return (2, repr(value))
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:
@@ -269,7 +285,7 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
     cols = [c for c in (*DESCRIBED, "loss_gap", "error_gap", "train_accuracy") if any(c in e for e in table)]
     lines += ["## Per configuration (mean ± sd over seeds)", "",
               "| " + " | ".join(f"`{a}`" for a in psi_axes) + " | runs | " + " | ".join(cols) + " | skipped |",
-              "| --- |" * len(psi_axes) + " --- |" + " --- |" * len(cols) + " --- |"]
+              "|" + " --- |" * (len(psi_axes) + len(cols) + 2)]
     for e in table:
         cells = []
         for c in cols:
