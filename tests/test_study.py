@@ -9,7 +9,7 @@ import random
 import pytest
 import scipy.stats
 
-from landscape.study.correlation import cluster_bootstrap_interval, granulated, kendall_tau_b
+from landscape.study.correlation import cluster_bootstrap_interval, granulated, jiang_tau, kendall_tau_b
 from landscape.study.stability import stability_summary
 
 
@@ -123,6 +123,21 @@ def test_granulated_psi_holds_the_seed_fixed_inside_every_group():
     pooled = granulated(runs, measure, gap, ["lr", "width"])  # seeds pooled: 2 groups of 6 runs
     assert pooled["axes"]["lr"]["groups"] == 2 and pooled["axes"]["lr"]["psi"] < 0
     assert faithful["Psi"] != pooled["Psi"]
+
+
+def test_granulated_psi_uses_jiangs_tau_so_a_measure_constant_along_an_axis_scores_zero_there():
+    """Jiang et al.'s eq. 3 counts a tied pair as 0: the parameter count, constant along lr, has ψ_lr = 0 and
+    Ψ = (ψ_width + 0) / 2, as in the paper's tables. Skipping the undefined τ_b groups (the nearest wrong reading)
+    would give Ψ = ψ_width = 1."""
+    runs = [{"lr": lr, "width": w} for lr in (1, 2, 3) for w in (10, 20)]
+    params = [r["width"] * 100 for r in runs]
+    gap = [r["width"] + r["lr"] for r in runs]
+    res = granulated(runs, params, gap, ["lr", "width"])
+    assert res["axes"]["lr"] == {"psi": 0.0, "groups": 2} and res["axes"]["width"] == {"psi": 1.0, "groups": 3}
+    assert res["Psi"] == 0.5
+    # a tie inside a group: eq. 3 gives (0 + 1 + 1) / 3 over the pairs, τ_b would give 2 / √6
+    assert jiang_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / 3)
+    assert kendall_tau_b([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / 6**0.5)
 
 
 def test_stability_summary_of_a_trajectory():

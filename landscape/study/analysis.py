@@ -250,8 +250,9 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
              f"- τ = Kendall's τ_b over runs; **95% interval, cluster bootstrap over {configs} configurations** "
              f"(each resampled with all its seeds; {resamples:,} resamples, seed {seed}).",
              f"- Ψ = Jiang et al. 2020's granulated coefficient: the mean over the axes "
-             f"{', '.join(f'`{a}`' for a in psi_axes) or '(none)'} of ψ_i, the mean τ over the groups in which only "
-             f"axis i varies and every other coordinate{held} is fixed; groups per axis in parentheses. Seeds "
+             f"{', '.join(f'`{a}`' for a in psi_axes) or '(none)'} of ψ_i, the mean over the groups in which only "
+             f"axis i varies and every other coordinate{held} is fixed of the paper's τ (eq. 3: a tied pair counts "
+             "0, so a measure constant along an axis has ψ_i = 0); groups per axis in parentheses. Seeds "
              "are replicates: never an axis of Ψ, never pooled into a group.",
              "- Within each family the measures are sorted by |Ψ|. An interval that contains 0 does not support a "
              "sign.", ""]

@@ -8,10 +8,14 @@
   differ only in their seed are not independent draws of the population of configurations the study asks
   about, so resampling runs would treat replicates as new evidence and narrow the interval; duplicating every
   run k times leaves this interval unchanged (τ_b is invariant to it, and so is every resample).
+* :func:`jiang_tau` — the τ of Jiang et al. 2020's eq. 3 inside one group: the mean over ordered pairs i ≠ j of
+  sign(x_i − x_j)·sign(y_i − y_j) (τ_a: a tie contributes 0, so a measure constant in the group scores 0).
 * :func:`granulated` — Jiang et al. 2020's granulated coefficient (their eq. 4): for each hyperparameter axis i,
-  ψ_i is the mean τ_b over the groups of runs that agree on *every other* coordinate — the seed included — so
-  that only axis i varies inside a group; Ψ is the mean of ψ_i over the axes. Pooling seeds into the groups
-  (the nearest plausible wrong reading) adds seed-only pairs, whose order is noise, and pulls ψ toward 0.
+  ψ_i is the mean eq.-3 τ over the groups of runs that agree on *every other* coordinate — the seed included —
+  so that only axis i varies inside a group; Ψ is the mean of ψ_i over the axes. Pooling seeds into the groups
+  (the nearest plausible wrong reading) adds seed-only pairs, whose order is noise, and pulls ψ toward 0. A
+  measure that does not change along an axis (the parameter count along the learning rate) has ψ_i = 0 there,
+  as in the paper's tables, not an undefined ψ_i left out of the mean.
 """
 
 from __future__ import annotations
@@ -39,6 +43,18 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
         warnings.simplefilter("ignore")  # scipy warns when one side is constant; NaN says it
         t = float(kendalltau(np.asarray(x, dtype=float), np.asarray(y, dtype=float), variant="b").statistic)
     return math.nan if math.isnan(t) else t
+
+
+def jiang_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Jiang et al. 2020, eq. 3: (1 / (n(n−1))) Σ_{i≠j} sign(x_i − x_j) sign(y_i − y_j); NaN below 2 points."""
+    if len(x) != len(y):
+        raise ValueError("x and y must have the same length")
+    n = len(x)
+    if n < 2:
+        return math.nan
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    s = np.sign(xa[:, None] - xa[None, :]) * np.sign(ya[:, None] - ya[None, :])
+    return float(s.sum() / (n * (n - 1)))
 
 
 def cluster_bootstrap_interval(x: Sequence[float], y: Sequence[float], clusters: Sequence[Hashable],
@@ -76,7 +92,8 @@ def granulated(hparams: list[dict[str, Any]], x: Sequence[float], y: Sequence[fl
 
     ``hparams[k]`` holds run k's values of ``axes`` (the hyperparameters Ψ averages over) and of ``held`` (further
     coordinates every group holds fixed without being an axis of Ψ: the seeds). A group counts when its axis
-    takes at least two values in it and τ_b is defined there."""
+    takes at least two values in it (runs lost to divergence shrink or remove groups; ``groups`` says how many
+    counted); its τ is :func:`jiang_tau`."""
     per_axis: dict[str, Any] = {}
     for axis in axes:
         others = [a for a in (*axes, *held) if a != axis]
@@ -87,9 +104,7 @@ def granulated(hparams: list[dict[str, Any]], x: Sequence[float], y: Sequence[fl
         for members in groups.values():
             if len({repr(hparams[k][axis]) for k in members}) < 2:
                 continue
-            t = kendall_tau_b([x[k] for k in members], [y[k] for k in members])
-            if not math.isnan(t):
-                taus.append(t)
+            taus.append(jiang_tau([x[k] for k in members], [y[k] for k in members]))
         per_axis[axis] = {"psi": statistics.fmean(taus) if taus else math.nan, "groups": len(taus)}
     defined = [v["psi"] for v in per_axis.values() if not math.isnan(v["psi"])]
     return {"Psi": statistics.fmean(defined) if defined else math.nan, "axes": per_axis}
