@@ -332,6 +332,9 @@ def test_cluster_start_on_an_address_then_stop_leaves_nothing(tmp_path):
     ray_port, ml_port = free_port("127.0.0.5"), free_port("127.0.0.5")
     cmd = [str(root / "scripts" / "cluster.sh")]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # another test's PostgreSQL (this module's store fixture) may be running: only what this start made counts
+    homes = lambda: set(Path("/tmp").glob("landscape-pg-*/pgdata/postmaster.pid"))  # noqa: E731
+    before = homes()
     with socket.socket() as busy:  # the MLflow port is taken: the start fails after PostgreSQL is up
         busy.bind(("127.0.0.5", ml_port))
         busy.listen()
@@ -340,7 +343,7 @@ def test_cluster_start_on_an_address_then_stop_leaves_nothing(tmp_path):
                                 timeout=300)
     assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "exited" in failed.stderr, failed.stderr
     assert not (d / "state.json").exists() and _listening("127.0.0.5") == []
-    assert not list(Path("/tmp").glob("landscape-pg-*/pgdata/postmaster.pid")) or os.geteuid() != 0
+    assert not homes() - before or os.geteuid() != 0
 
     started = subprocess.run([*cmd, "start", "--dir", str(d), "--host", "127.0.0.5", "--ray-port", str(ray_port),
                               "--mlflow-port", str(ml_port), "--auth"], capture_output=True, text=True, env=env,
