@@ -3,6 +3,7 @@ accepts), the `landscape sweep` command's one-line refusals, and the local engin
 real MLflow store — a failed point and a code change rerun, Ctrl-C and a killed driver followed by a rerun that
 queues nothing twice, exponent floats through `dvc exp run`. (Ray and the cluster services: test_scaleout.py.)"""
 
+import contextlib
 import json
 import os
 import shutil
@@ -252,13 +253,28 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _kill_processes_under(project: Path) -> None:
+    """SIGKILL every process working in ``project`` (queue workers, experiments, stages), as a restart would."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(d / "cwd")
+        except OSError:
+            continue
+        if cwd == str(project) or cwd.startswith(str(project) + os.sep):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(d.name), signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_an_interrupted_sweep_is_followed_by_its_rerun_then_analyzed(tmp_path):
-    """A driver killed by SIGKILL while its points run, then a rerun interrupted by Ctrl-C (one message that
-    says what keeps running, no traceback, exit 130), then a rerun: the reruns follow the entries already
-    queued and queue nothing twice. The grid's weight decay 1.0e-5 goes through `dvc exp run -S` and comes
-    back as 1e-05 (YAML 1.2): every point ends with one run, a further rerun recognizes all four, and
-    `landscape analyze` reads them (τ equal to scipy's on their logged metrics)."""
+    """A driver killed by SIGKILL while its points run, then a machine restart (every worker and running
+    experiment killed: the rerun marks their entries failed and runs them again), then a rerun interrupted by
+    Ctrl-C (one message that says what keeps running, no traceback, exit 130), then a rerun: the reruns follow
+    the entries already queued and queue nothing twice. The grid's weight decay 1.0e-5 goes through
+    `dvc exp run -S` and comes back as 1e-05 (YAML 1.2): every point ends with one run, a further rerun
+    recognizes all four, and `landscape analyze` reads them (τ equal to scipy's on their logged metrics)."""
     project = make_project(tmp_path / "project")
     env = stage_env()
     grid = _write_grid(project, "wd", {"train.lr": [0.02, 0.1], "train.weight_decay": [0.0, 1.0e-5]}, FAST)
@@ -278,8 +294,13 @@ def test_an_interrupted_sweep_is_followed_by_its_rerun_then_analyzed(tmp_path):
     _wait_for(running, 300, "a running point")
     first.kill()  # the driver dies without a word; DVC's queue workers go on
     first.wait(timeout=60)
+    # then the machine restarts: the workers and the running experiments die with it, and DVC lists the
+    # entries as running for ever (the rerun used to follow them without end)
+    _kill_processes_under(project)
     second = popen(tmp_path / "second.log")
     _wait_for(lambda: "sweep wd:" in (tmp_path / "second.log").read_text(), 120, "the rerun to follow")
+    assert "process (pid" in (tmp_path / "second.log").read_text() and "it runs again" in (
+        tmp_path / "second.log").read_text()
     second.send_signal(signal.SIGINT)
     second.wait(timeout=120)
     err = (tmp_path / "second.log").read_text()

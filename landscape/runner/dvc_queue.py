@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +37,41 @@ class DvcQueue:
             out = {e.stash_rev: (e.name or "", "Running") for e in q.iter_active()}
             out.update({e.stash_rev: (e.name or "", "Queued") for e in q.iter_queued()})
         return out
+
+    def orphans(self) -> dict[str, tuple[str, int]]:
+        """``{stash rev: (name, pid)}`` of entries DVC lists as running whose experiment process has ended or
+        is gone (a worker collects an ended process at once; after a machine restart or a killed worker nothing
+        does, and DVC would list the entry as running for ever)."""
+        with self._repo() as repo:
+            q = repo.experiments.celery_queue
+            out = {}
+            for e in q.iter_active():
+                info = q.proc.get(e.stash_rev)
+                if info is not None and (info.returncode is not None or not _is_dvc_process(info.pid)):
+                    out[e.stash_rev] = (e.name or "", info.pid)
+        return out
+
+    def fail(self, revs: list[str]) -> None:
+        """Mark orphaned running entries failed, as ``dvc queue kill`` does for an entry whose process is gone
+        (DVC's own step for it, which it keeps private)."""
+        if not revs:
+            return
+        with self._repo() as repo:
+            q = repo.experiments.celery_queue
+            entries = {e: e.stash_rev for e in q.iter_active() if e.stash_rev in set(revs)}
+            for e in entries:
+                info = q.proc.get(e.stash_rev)
+                if info is not None and info.returncode is None:
+                    info.returncode = -1
+                    q.proc[e.stash_rev] = info
+            if entries:
+                kombu = logging.getLogger("kombu")  # says 'No hostname was supplied' when it asks the workers
+                level, kombu.level = kombu.level, logging.ERROR
+                try:
+                    with contextlib.suppress(Exception):  # a live worker still holds it: it will record the end
+                        q._mark_inactive_tasks_failure(entries)
+                finally:
+                    kombu.setLevel(level)
 
     def put(self, point: Point) -> str:
         """Queue one point (as ``dvc exp run --queue -f -n NAME -S …``); return its stash revision."""
@@ -95,6 +132,20 @@ class DvcQueue:
                 raise LandscapeError("dvc queue start did not return within 300 s; see `dvc queue status`") from None
         if out.returncode != 0:
             raise LandscapeError(f"dvc queue start failed: {log_file.read_text().strip()[-300:]}")
+
+
+def _is_dvc_process(pid: int) -> bool:
+    """Whether ``pid`` is alive and (where /proc tells) still a DVC process, not a pid reused after a restart."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return b"dvc" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 def stage_error_line(log_text: str) -> str:

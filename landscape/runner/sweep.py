@@ -180,6 +180,7 @@ def run_local(grid: Grid, root: Path, jobs: int = 1, poll_s: float = 2.0) -> Swe
     todo = [p for p in grid.points if p.name not in done]
     queue = DvcQueue(root, root / STATE_DIR)
     state = _load_state(root, grid)
+    _fail_orphans(queue, poll_s)
     pending = queue.pending()
     # entries this sweep recorded earlier that have finished: collected already, or stale; drop them
     queue.remove([s["rev"] for s in state.values() if s["rev"] not in pending])
@@ -232,6 +233,20 @@ def run_local(grid: Grid, root: Path, jobs: int = 1, poll_s: float = 2.0) -> Swe
     return result
 
 
+def _fail_orphans(queue: DvcQueue, poll_s: float) -> None:
+    """Entries DVC lists as running whose process is gone (seen twice, ``poll_s`` apart, so that a process
+    that just ended has time to record its end) are marked failed: their points run again."""
+    first = queue.orphans()
+    if not first:
+        return
+    time.sleep(poll_s)
+    gone = {rev: v for rev, v in queue.orphans().items() if rev in first}
+    queue.fail(list(gone))
+    for name, pid in sorted(gone.values()):
+        log.warning("%s: DVC lists it as running but its process (pid %d) is gone (a machine restart or a killed "
+                    "queue worker); marked failed, it runs again", name, pid)
+
+
 def _follow(queue: DvcQueue, grid: Grid, mine: dict[str, str], jobs: int, poll_s: float) -> dict[str, tuple[bool, str]]:
     """Poll the entries in ``mine`` until each has finished; ``{name: (succeeded, error line)}``. A progress bar
     shows finished and running points; queued entries with no worker are restarted, then given up on."""
@@ -240,8 +255,17 @@ def _follow(queue: DvcQueue, grid: Grid, mine: dict[str, str], jobs: int, poll_s
     idle_since = time.monotonic()
     last_restart = idle_since
     missing_since: dict[str, float] = {}
+    orphaned: dict[str, tuple[str, int]] = {}
     try:
         while len(outcomes) < len(mine):
+            seen, orphaned = orphaned, queue.orphans()
+            gone = [rev for rev in orphaned if rev in seen and rev in mine.values()]  # twice, a poll apart
+            queue.fail(gone)
+            for name, rev in mine.items():
+                if rev in gone and name not in outcomes:
+                    outcomes[name] = (False, f"its process (pid {orphaned[rev][1]}) ended but no queue worker "
+                                             "recorded the result (a killed worker?)")
+                    bar.update(1)
             pending = queue.pending()
             busy = any(status == "Running" for _, status in pending.values())  # on ours, or on earlier entries
             running = 0
