@@ -323,7 +323,7 @@ def test_a_recorded_analysis_is_reanalysed_to_the_same_statistics(tmp_path):
 
 
 def test_the_family_lead_compares_intervals_in_the_direction_of_each_psi():
-    from landscape.study.analysis import family_summary
+    from landscape.study.report import family_summary
 
     def entry(family, psi, lo, hi):
         return {"family": family, "loss_gap": {"Psi": psi, "tau": (lo + hi) / 2, "interval": {"low": lo, "high": hi}},
@@ -340,7 +340,30 @@ def test_the_family_lead_compares_intervals_in_the_direction_of_each_psi():
 
 
 def test_configurations_sort_by_value_not_by_text():
-    from landscape.study.analysis import _natural
+    from landscape.study.report import _natural
 
     assert sorted(["512", "32", "128"], key=_natural) == ["32", "128", "512"]
     assert sorted(["[256, 256]", "[64]", "null"], key=_natural) == ["[64]", "[256, 256]", "null"]
+
+
+def test_axis_effects_pair_runs_that_differ_only_in_that_axis():
+    """Seed 1's skip run diverged: the change along `model.skip` comes from the one matched pair (seed 0):
+    +1, not the difference of the configuration means (1 − 5 = −4), and the pair count says 1."""
+    from landscape.study.analysis import RunRow
+    from landscape.study.report import axis_effects
+
+    def row(skip, seed, q, depth="2"):
+        return RunRow(f"r{skip}{seed}{depth}", "x", {"model.skip": skip, "train.seed": seed, "model.depth": depth},
+                      {"lambda_max": q}, {"loss_gap": 0.1 * q, "error_gap": 0.0})
+
+    rows = [row("false", "0", 0.0), row("true", "0", 1.0), row("false", "1", 10.0),
+            row("false", "0", 3.0, "8"), row("false", "1", 5.0, "8")]
+    effects = {(e["axis"], e["from"], e["to"]): e for e in axis_effects(rows, ["model.depth", "model.skip",
+                                                                              "train.seed"])}
+    assert set(effects) == {("model.skip", "false", "true"), ("model.depth", "2", "8")}
+    skip = effects[("model.skip", "false", "true")]
+    assert skip["pairs"] == 1 and skip["lambda_max"]["mean"] == pytest.approx(1.0)
+    assert skip["loss_gap"]["mean"] == pytest.approx(0.1)
+    depth = effects[("model.depth", "2", "8")]  # seed 0: 0 → 3, seed 1: 10 → 5
+    assert depth["pairs"] == 2 and depth["lambda_max"]["mean"] == pytest.approx(-1.0)
+    assert (depth["lambda_max"]["min"], depth["lambda_max"]["max"]) == (pytest.approx(-5.0), pytest.approx(3.0))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,15 @@ from typing import Any
 from landscape.errors import InputError, LandscapeError
 from landscape.io import write_json
 from landscape.study.correlation import cluster_bootstrap_interval, granulated, kendall_tau_b
-from landscape.study.registry import DESCRIBED, GAPS, MEASURES
+from landscape.study.registry import GAPS, MEASURES
+from landscape.study.report import (  # noqa: F401 - family_summary, _natural re-exported
+    _natural,
+    axis_effects,
+    configuration_table,
+    family_summary,
+    report_markdown,
+    split_axes,
+)
 
 ANALYSIS_TAG = "landscape.analysis"
 MIN_RUNS = 4
@@ -123,16 +130,6 @@ def varying_axes(rows: list[RunRow]) -> list[str]:
             and len({r.params.get(k) for r in rows}) > 1]
 
 
-def is_replicate_axis(key: str) -> bool:
-    """Seeds (``train.seed``, ``data.seed``, ``connect.data_seed``, …) are replicates, not hyperparameters."""
-    return key.rsplit(".", 1)[-1].endswith("seed")
-
-
-def split_axes(axes: list[str]) -> tuple[list[str], list[str]]:
-    """(hyperparameter axes of Ψ, replicate axes held fixed)."""
-    return [a for a in axes if not is_replicate_axis(a)], [a for a in axes if is_replicate_axis(a)]
-
-
 def correlations(rows: list[RunRow], axes: list[str], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """τ_b, its cluster-bootstrap interval and Ψ for every measure present, against both gaps."""
     psi_axes, seeds = split_axes(axes)
@@ -153,158 +150,6 @@ def correlations(rows: list[RunRow], axes: list[str], resamples: int = 2000, see
                           **granulated(hp, x, y, psi_axes, held=seeds)}
         out[ms.name] = entry
     return out
-
-
-def configuration_table(rows: list[RunRow], skipped: list[dict[str, Any]], psi_axes: list[str]) -> list[dict]:
-    """Per configuration (the non-seed axes): runs used, runs skipped (diverged or not fitted), and the mean and
-    standard deviation over its seeds of the described measures, the gaps and the accuracies."""
-    groups: dict[tuple, list[RunRow]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r.params.get(a) for a in psi_axes), []).append(r)
-    lost: dict[tuple, list[str]] = {}
-    for s in skipped:
-        key = tuple(s.get("params", {}).get(a) for a in psi_axes)
-        if any(v is not None for v in key) and not s["reason"].startswith("superseded"):
-            lost.setdefault(key, []).append(s["reason"])
-    out = []
-    for key in sorted(set(groups) | set(lost), key=lambda k: tuple(_natural(v) for v in k)):
-        members = groups.get(key, [])
-        entry: dict[str, Any] = {"axes": dict(zip(psi_axes, key, strict=True)), "runs": len(members),
-                                 "skipped": lost.get(key, [])}
-        values = {name: [r.measures.get(name) for r in members] for name in DESCRIBED}
-        values.update({g: [r.gaps[g] for r in members] for g in GAPS})
-        values.update({k: [r.extra.get(k) for r in members] for k in ("train_accuracy", "test_accuracy")})
-        for name, vals in values.items():
-            vals = [v for v in vals if v is not None]
-            if vals:
-                mean = statistics.fmean(vals)
-                entry[name] = {"mean": mean, "sd": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
-        out.append(entry)
-    return out
-
-
-def _natural(value: Any) -> tuple:
-    """Sort key for a logged param value: numbers by value ("32" before "128"), lists element-wise, None last."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return (2, value)
-    if value is None:
-        return (3, 0)
-    if isinstance(value, (bool, int, float)):
-        return (0, float(value))
-    if isinstance(value, list):
-        return (1, tuple(_natural(v) for v in value))
-    return (2, repr(value))
-
-
-def _fmt(v: float | None, digits: int = 2) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.{digits}f}"
-
-
-def _abs_psi(entry: dict[str, Any], gap: str) -> float:
-    v = entry[gap]["Psi"]
-    return -1.0 if v is None or math.isnan(v) else abs(v)
-
-
-def family_summary(corr: dict[str, Any]) -> dict[str, Any]:
-    """Per gap: each family's measure with the largest |Ψ|, families ordered by it, and the lead of the first
-    over the second (in |Ψ|), with whether their τ intervals overlap once each is taken in the direction of its
-    Ψ (a negative and a positive correlation of equal strength are equally good predictors)."""
-    out: dict[str, Any] = {}
-    for gap in GAPS:
-        best: dict[str, str] = {}
-        for name, e in corr.items():
-            fam = e["family"]
-            if _abs_psi(e, gap) >= 0 and (fam not in best or _abs_psi(e, gap) > _abs_psi(corr[best[fam]], gap)):
-                best[fam] = name
-        order = sorted(best, key=lambda f: _abs_psi(corr[best[f]], gap), reverse=True)
-        rows = [{"family": f, "measure": best[f], "Psi": corr[best[f]][gap]["Psi"], "tau": corr[best[f]][gap]["tau"],
-                 "interval": [corr[best[f]][gap]["interval"]["low"], corr[best[f]][gap]["interval"]["high"]]}
-                for f in order]
-        lead = None
-        if len(rows) >= 2:
-            a, b = rows[0], rows[1]
-
-            def aligned(r: dict[str, Any]) -> tuple[float, float]:  # the interval of |τ| in the direction of Ψ
-                lo, hi = r["interval"]
-                return (lo, hi) if r["Psi"] >= 0 else (-hi, -lo)
-
-            (alo, ahi), (blo, bhi) = aligned(a), aligned(b)
-            lead = {"winner": a["family"], "runner_up": b["family"], "abs_psi_margin": abs(a["Psi"]) - abs(b["Psi"]),
-                    "tau_intervals_overlap": not (alo > bhi or blo > ahi)}
-        out[gap] = {"best_by_family": rows, "lead": lead}
-    return out
-
-
-def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str, str]], axes: list[str],
-                    corr: dict[str, Any], resamples: int = 2000, seed: int = 0) -> str:
-    psi_axes, seeds = split_axes(axes)
-    configs = len({tuple(r.params.get(a) for a in psi_axes) for r in rows})
-    held = f" — the seeds {', '.join(f'`{a}`' for a in seeds)} included —" if seeds else ""
-    lines = [f"# Geometry against generalization: experiment `{experiment}`", "",
-             f"{len(rows)} runs used ({configs} configurations), {len(skipped)} skipped or superseded (listed at the "
-             "end). Measures at the final probed epoch; gaps: loss gap = test − train loss, error gap = test − train "
-             "error (full splits).", "",
-             f"- τ = Kendall's τ_b over runs; **95% interval, cluster bootstrap over {configs} configurations** "
-             f"(each resampled with all its seeds; {resamples:,} resamples, seed {seed}).",
-             f"- Ψ = Jiang et al. 2020's granulated coefficient: the mean over the axes "
-             f"{', '.join(f'`{a}`' for a in psi_axes) or '(none)'} of ψ_i, the mean over the groups in which only "
-             f"axis i varies and every other coordinate{held} is fixed of the paper's τ (eq. 3: a tied pair counts "
-             "0, so a measure constant along an axis has ψ_i = 0); groups per axis in parentheses. Seeds "
-             "are replicates: never an axis of Ψ, never pooled into a group.",
-             "- Within each family the measures are sorted by |Ψ|. An interval that contains 0 does not support a "
-             "sign.", ""]
-    summary = family_summary(corr)
-    for gap, what in GAPS.items():
-        lines += [f"## {gap} ({what})", "", "Best measure of each family (by |Ψ|):", "",
-                  "| family | measure | τ | 95% interval | Ψ |", "| --- | --- | --- | --- | --- |"]
-        for b in summary[gap]["best_by_family"]:
-            lines.append(f"| {b['family']} | {b['measure']} | {_fmt(b['tau'])} | [{_fmt(b['interval'][0])}, "
-                         f"{_fmt(b['interval'][1])}] | {_fmt(b['Psi'])} |")
-        lead = summary[gap]["lead"]
-        if lead:
-            overlap = "overlap" if lead["tau_intervals_overlap"] else "do not overlap"
-            lines += ["", f"On this grid `{lead['winner']}` leads `{lead['runner_up']}` by "
-                      f"{lead['abs_psi_margin']:.2f} in |Ψ|; their τ intervals, each taken in the direction of its Ψ, "
-                      f"{overlap}" + (" (the lead is within the resampling noise)." if lead["tau_intervals_overlap"]
-                                      else ".")]
-        lines += ["", "| family | measure | runs | τ | 95% interval | Ψ | " + " | ".join(f"ψ `{a}`" for a in psi_axes)
-                  + " |", "| --- | --- | --- | --- | --- | --- |" + " --- |" * len(psi_axes)]
-        families = list(dict.fromkeys(ms.family for ms in MEASURES))
-        for fam in families:
-            names = sorted((n for n, e in corr.items() if e["family"] == fam), key=lambda n: _abs_psi(corr[n], gap),
-                           reverse=True)
-            for name in names:
-                e, g = corr[name], corr[name][gap]
-                per = " | ".join(f"{_fmt(g['axes'][a]['psi'])} ({g['axes'][a]['groups']})" for a in psi_axes)
-                lines.append(f"| {fam} | {name} | {e['runs']} | {_fmt(g['tau'])} | [{_fmt(g['interval']['low'])}, "
-                             f"{_fmt(g['interval']['high'])}] | {_fmt(g['Psi'])} | {per} |")
-        lines.append("")
-    table = configuration_table(rows, skipped, psi_axes)
-    cols = [c for c in (*DESCRIBED, "loss_gap", "error_gap", "train_accuracy") if any(c in e for e in table)]
-    lines += ["## Per configuration (mean ± sd over seeds)", "",
-              "| " + " | ".join(f"`{a}`" for a in psi_axes) + " | runs | " + " | ".join(cols) + " | skipped |",
-              "|" + " --- |" * (len(psi_axes) + len(cols) + 2)]
-    for e in table:
-        cells = []
-        for c in cols:
-            v = e.get(c)
-            cells.append("—" if v is None else f"{v['mean']:.3g}" + (f" ± {v['sd']:.2g}" if v["sd"] is not None
-                                                                      else ""))
-        why = "; ".join(sorted(set(e["skipped"])))[:120]
-        lines.append("| " + " | ".join(str(e["axes"][a]) for a in psi_axes) + f" | {e['runs']} | "
-                     + " | ".join(cells) + f" | {len(e['skipped'])}{' (' + why + ')' if why else ''} |")
-    lines += ["", "## Runs used", "",
-              "| run | id | " + " | ".join(f"`{a}`" for a in axes) + " | loss gap | error gap |",
-              "| --- | --- |" + " --- |" * len(axes) + " --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r.name} | `{r.run_id}` | " + " | ".join(str(r.params.get(a)) for a in axes)
-                     + f" | {r.gaps['loss_gap']:.4f} | {r.gaps['error_gap']:.4f} |")
-    lines += ["", "## Runs skipped or superseded", ""]
-    lines += [f"- {s['name']} (`{s['run_id']}`): {s['reason']}" for s in skipped] or ["- none"]
-    return "\n".join(lines) + "\n"
 
 
 def analyze(experiment: str, out_dir: Path, uri: str | None = None, resamples: int = 2000, seed: int = 0,
@@ -377,7 +222,8 @@ def build_record(experiment: str, experiment_id: str | None, rows: list[RunRow],
               "skipped": [{k: v for k, v in s.items() if k != "params"}
                           | {"axes": {a: s.get("params", {}).get(a) for a in axes}} for s in skipped],
               "correlations": corr, "families": family_summary(corr),
-              "configurations": configuration_table(rows, skipped, psi_axes)}
+              "configurations": configuration_table(rows, skipped, psi_axes),
+              "axis_effects": axis_effects(rows, axes)}
     return record, corr, axes
 
 
