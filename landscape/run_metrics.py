@@ -100,11 +100,13 @@ def surface_summary(files: dict[str, Path]) -> dict[str, float]:
     record = read_json(path)
     plane = record.get("plane") or {}
     out: dict[str, float] = {}
-    if "curvature" in record:  # Li et al.'s convexity summary
+    if "curvature" in record:  # Li et al.'s convexity summary, and how much of its map converged
         out["surface/nonconvex_fraction"] = record["curvature"]["nonconvex_fraction"]
+        conv = [c for row in record["curvature"]["converged"] for c in row]
+        out["surface/curvature_converged_fraction"] = sum(conv) / len(conv)
     if plane.get("kind") == "pca":
-        out = {f"surface/explained_variance_{i + 1}": v for i, v in enumerate(plane["explained_variance"])}
+        out.update({f"surface/explained_variance_{i + 1}": v for i, v in enumerate(plane["explained_variance"])})
     elif plane.get("kind") == "hessian":
-        out = {f"surface/lambda_{i + 1}": v for i, v in enumerate(plane["eigenvalues"])}
+        out.update({f"surface/lambda_{i + 1}": v for i, v in enumerate(plane["eigenvalues"])})
         out.update({f"surface/lambda_{i + 1}_residual": v for i, v in enumerate(plane["residuals"])})
     return out

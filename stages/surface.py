@@ -24,7 +24,10 @@ def main() -> None:
     print(f"surface: {inp.points}x{inp.points} grid around epoch {record['epoch']} on the {inp.split} split "
           f"({record['samples']} examples, {inp.directions} plane, {record['evaluation']} evaluation)"
           + (f"; |λ_min/λ_max| > {summary['curvature_threshold']} at {summary['nonconvex_fraction']:.0%} of "
-             f"{summary['curvature_points']} points" if "nonconvex_fraction" in summary else "")
+             f"{summary['curvature_points']} points" + (
+                 f" (λ_max and λ_min converged at {summary['curvature_converged_fraction']:.0%} of them; elsewhere a "
+                 "negative λ_min can be underestimated in size)" if not summary["curvature_all_converged"] else "")
+             if "nonconvex_fraction" in summary else "")
           + (f"; {record['plane']['note']}" if (record.get("plane") or {}).get("note") else ""))
 
 

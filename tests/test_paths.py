@@ -340,3 +340,20 @@ def test_hessian_directions_are_the_top_eigenvectors_of_a_known_quadratic():
     # too few Lanczos steps: said and recorded, not raised
     _, _, short = hessian_directions(model, c, s, loss_fn, iters=2, tol=1e-12, seed=0, chunk_size=30, start="random")
     assert not all(short["converged"]) and "did not converge within probe.lanczos_iters = 2" in short["note"]
+
+
+def test_surface_metrics_keep_the_convexity_summary_beside_the_plane_and_count_what_converged(tmp_path):
+    """A PCA (or Hessian) plane's metrics used to replace the curvature map's: the nonconvex fraction vanished
+    from MLflow whenever the plane was not random. Both are logged, with the share of map points that converged."""
+    from landscape.io import write_json
+    from landscape.run_metrics import surface_summary
+
+    curvature = {"nonconvex_fraction": 0.25, "converged": [[True, False], [True, True]]}
+    for plane, keys in (({"kind": "pca", "explained_variance": [0.6, 0.2]}, {"surface/explained_variance_2"}),
+                        ({"kind": "hessian", "eigenvalues": [3.0, 2.0], "residuals": [1e-5, 2e-5]},
+                         {"surface/lambda_2", "surface/lambda_1_residual"}),
+                        ({"kind": "random"}, set())):
+        write_json(tmp_path / "surface.json", {"plane": plane, "curvature": curvature})
+        out = surface_summary({"surface": tmp_path / "surface.json"})
+        assert keys <= out.keys() and out["surface/nonconvex_fraction"] == 0.25
+        assert out["surface/curvature_converged_fraction"] == 0.75

@@ -352,6 +352,8 @@ def test_architecture_pipeline_end_to_end(tmp_path, monkeypatch):
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     run = client.get_run(json.loads((project / "reports/mlflow_run.json").read_text())["run_id"])
     assert run.data.metrics["summary/surface/nonconvex_fraction"] == pytest.approx(curv["nonconvex_fraction"])
+    conv = [c for row in curv["converged"] for c in row]
+    assert run.data.metrics["summary/surface/curvature_converged_fraction"] == pytest.approx(sum(conv) / 9)
     assert run.data.metrics["curvature/outliers"] == last["hessian_outliers"]
     assert run.data.params["model.skip"] == "True" and (project / "plots" / "surface_curvature.png").stat().st_size
     set_params(project, {"model": {"skip": False}})

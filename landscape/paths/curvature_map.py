@@ -55,7 +55,8 @@ def curvature_map(model: nn.Module, theta: torch.Tensor, delta: torch.Tensor, et
         for k in keys:
             rows[k].append(row[k])
     flat = [r for row in rows["ratio"] for r in row]
+    conv = [c for row in rows["converged"] for c in row]
     return {"x": xs, "y": ys, **rows, "threshold": threshold,
             "nonconvex_fraction": sum(r > threshold for r in flat) / len(flat),
-            "all_converged": all(c for row in rows["converged"] for c in row), "hvp_count": products,
+            "all_converged": all(conv), "converged_fraction": sum(conv) / len(conv), "hvp_count": products,
             "lanczos": {"iters": iters, "tol": tol, "seed": seed, "start": start}}

@@ -175,5 +175,14 @@ def surface_summary(record: dict[str, Any]) -> dict[str, Any]:
     if "curvature" in record:
         c = record["curvature"]
         out.update({"nonconvex_fraction": c["nonconvex_fraction"], "curvature_threshold": c["threshold"],
-                    "curvature_points": len(c["x"]) * len(c["y"]), "curvature_all_converged": c["all_converged"]})
+                    "curvature_points": len(c["x"]) * len(c["y"]), "curvature_all_converged": c["all_converged"],
+                    "curvature_converged_fraction": _converged_fraction(c)})
     return out
+
+
+def _converged_fraction(curvature: dict[str, Any]) -> float:
+    """Share of the curvature map's points whose λ_max and λ_min both converged (maps written before this key)."""
+    if "converged_fraction" in curvature:
+        return curvature["converged_fraction"]
+    flat = [c for row in curvature["converged"] for c in row]
+    return sum(flat) / len(flat)
