@@ -332,9 +332,8 @@ def test_cluster_start_on_an_address_then_stop_leaves_nothing(tmp_path):
     ray_port, ml_port = free_port("127.0.0.5"), free_port("127.0.0.5")
     cmd = [str(root / "scripts" / "cluster.sh")]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    # another test's PostgreSQL (this module's store fixture) may be running: only what this start made counts
     homes = lambda: set(Path("/tmp").glob("landscape-pg-*/pgdata/postmaster.pid"))  # noqa: E731
-    before = homes()
+    before = homes()  # this module's store fixture runs a PostgreSQL too: only what this start made counts
     with socket.socket() as busy:  # the MLflow port is taken: the start fails after PostgreSQL is up
         busy.bind(("127.0.0.5", ml_port))
         busy.listen()
