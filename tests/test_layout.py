@@ -137,3 +137,18 @@ def test_track_depends_on_all_the_code_its_run_key_hashes():
 
 def covered(path: str, entries) -> bool:
     return any(path == e or path.startswith(e.rstrip("/") + "/") for e in entries)
+
+
+def test_running_runs_and_their_statistics_do_not_import_each_other():
+    """landscape/runner (grids, queues, Ray, services) and landscape/study (the statistics of finished runs)
+    are independent; only the console command and the stages sit above them."""
+    pkg = Path(__file__).resolve().parents[1] / "landscape"
+    for folder, other in (("runner", "landscape.study"), ("study", "landscape.runner")):
+        for path in sorted((pkg / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                assert not any(n == other or n.startswith(other + ".") for n in names), f"{path.name} imports {other}"
+    below = [p for p in pkg.glob("*.py") if p.name not in ("cli.py", "__main__.py")]
+    for path in below:
+        assert "landscape.runner" not in path.read_text(), f"{path.name} imports the runner"
