@@ -225,7 +225,8 @@ class ConnectConfig(_Group):
 
 class MeasuresConfig(_Group):
     """Generalization measures at the final checkpoint (landscape.measures): norms and margins, PAC-Bayes
-    flatness, weight spectra, #steps."""
+    flatness, worst-case (sharpness) flatness, weight spectra, #steps. The worst-case search shares the PAC-Bayes
+    search's deviation, tolerance, examples and ε, as Jiang et al. do."""
 
     enabled: bool = True
     margin_percentile: float = Field(default=10.0, gt=0, lt=100)
@@ -237,6 +238,9 @@ class MeasuresConfig(_Group):
     pacbayes_examples: int | None = Field(default=10000, ge=1)  # at most; None = the whole training split
     pacbayes_seed: int = Field(default=0, ge=0, le=MAX_SEED)
     pacbayes_magnitude_eps: float = Field(default=1e-3, gt=0)
+    sharpness: bool = True  # Jiang's sharpness.flatness / sharpness.mag.flatness (worst case in a box)
+    sharpness_depth: int = Field(default=15, ge=1, le=60)
+    sharpness_steps: int = Field(default=10, ge=1, le=1000)
     weightwatcher: bool = True
     steps_threshold: float = Field(default=0.1, gt=0)
 

@@ -26,6 +26,8 @@ def main() -> None:
     print(f"measures: epoch {record['epoch']}: margin {v['margin']:.3g}, log prod spec {v['log_prod_spec']:.3g}"
           + (f", PAC-Bayes 1/σ² {v['pacbayes_flatness']:.3g} (magnitude-aware {v['pacbayes_mag_flatness']:.3g})"
              if "pacbayes_flatness" in v else "")
+          + (f", worst-case 1/α² {v['sharpness_flatness']:.3g} (magnitude-aware {v['sharpness_mag_flatness']:.3g})"
+             if "sharpness_flatness" in v else "")
           + (f", weightwatcher α {v['ww_alpha']:.3g}" if v.get("ww_alpha") is not None else "")
           + "; seconds: " + ", ".join(f"{k} {t:.1f}" for k, t in timings.items()))
 

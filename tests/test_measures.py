@@ -133,6 +133,56 @@ def test_pacbayes_sigma_matches_the_closed_form_of_a_linear_classifier():
     assert spread(24) < 0.6 * spread(2)
 
 
+def _sign_split(n: int = 3000, d: int = 6, seed: int = 0):
+    """Class 0: every coordinate > 0; class 1: every coordinate < 0. For a bias-free linear classifier with
+    logit rows w₀, w₁ (v = w₀ − w₁ > 0 entrywise), every example's worst corner of a box |u| ≤ r is the same
+    u = (−r₀, +r₁), so the worst-case accuracy is known in closed form."""
+    g = torch.Generator().manual_seed(seed)
+    mag = torch.rand(n, d, generator=g, dtype=torch.float64) * torch.rand(n, 1, generator=g, dtype=torch.float64)
+    mag = mag + 0.05 * torch.rand(n, d, generator=g, dtype=torch.float64) + 1e-3
+    y = (torch.rand(n, generator=g) < 0.5).long()
+    x = torch.where(y[:, None] == 0, mag, -mag)
+    return x, y
+
+
+def test_sharpness_flatness_matches_the_closed_form_worst_case_of_a_linear_classifier():
+    """Jiang's sharpness.flatness: the worst case over the box |u_i| ≤ α (magnitude-aware: α|w_i| + ε) lowers
+    example i's margin mᵢ = (w₀ − w₁)·|xᵢ| by 2α‖xᵢ‖₁ (by Σ_j (α(|w₀ⱼ| + |w₁ⱼ|) + 2ε)|xᵢⱼ|), so it is misclassified
+    exactly when α > tᵢ = mᵢ / 2‖xᵢ‖₁ (resp. (mᵢ − 2ε‖xᵢ‖₁) / Σ_j (|w₀ⱼ| + |w₁ⱼ|)|xᵢⱼ|). The search's α* must sit
+    where the fraction of tᵢ < α is the deviation 0.1 ± its tolerance. The nearest wrong definition, the
+    expectation over random signs in the box, would leave almost every example correct at that α."""
+    from landscape.measures.worst_case import sharpness_flatness_measures
+
+    x, y = _sign_split()
+    model = nn.Sequential(nn.Linear(6, 2, bias=False)).double()
+    w0 = torch.tensor([1.0, 0.5, 2.0, 0.3, 1.2, 0.8], dtype=torch.float64)
+    w1 = torch.tensor([-0.2, 0.1, 0.4, -0.5, 0.0, 0.3], dtype=torch.float64)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.stack([w0, w1]))
+    ax = x.abs()
+    margin = ax @ (w0 - w1)
+    eps = 1e-3
+    t_plain = margin / (2 * ax.sum(1))
+    t_mag = (margin - 2 * eps * ax.sum(1)) / (ax @ (w0.abs() + w1.abs()))
+    rec = sharpness_flatness_measures(model, x, y, deviation=0.1, depth=25, steps=4, tolerance=0.005,
+                                      magnitude_eps=eps)
+    assert rec["base_accuracy"] == 1.0
+    for t, key, search in ((t_plain, "sharpness_alpha", "plain"), (t_mag, "sharpness_mag_alpha", "magnitude")):
+        alpha = rec["values"][key]
+        assert rec["search"][search]["converged"]
+        error = float((t < alpha).double().mean())
+        assert abs(error - 0.1) < 0.005, (search, alpha, error)
+        lo, hi = torch.quantile(t, torch.tensor([0.094, 0.106], dtype=torch.float64)).tolist()
+        assert lo <= alpha <= hi
+    assert rec["values"]["sharpness_flatness"] == pytest.approx(1 / rec["values"]["sharpness_alpha"] ** 2)
+    # the expectation over random signs at the same α: far fewer errors than the worst case's 10%
+    g = torch.Generator().manual_seed(1)
+    alpha = rec["values"]["sharpness_alpha"]
+    signs = torch.randint(0, 2, (200, 2, 6), generator=g).double() * 2 - 1
+    random_errors = [float(((x @ (model[0].weight + alpha * s).T).argmax(1) != y).double().mean()) for s in signs]
+    assert np.mean(random_errors) < 0.03
+
+
 def test_weightwatcher_alpha_of_a_planted_power_law_and_the_package_itself():
     import weightwatcher as ww
 

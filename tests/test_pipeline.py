@@ -97,10 +97,12 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
         "model", "measures"}
     # the generalization measures: in their JSON (a DVC metric) and in MLflow under measures/…
     measures = json.loads((project / "reports/measures.json").read_text())
-    assert measures["epoch"] == 2 and set(measures["families"]) == {"norm & margin", "pac-bayes", "weight spectrum",
-                                                                    "optimization"}
+    assert measures["epoch"] == 2 and set(measures["families"]) == {
+        "norm & margin", "pac-bayes", "worst-case flatness", "weight spectrum", "optimization"}
     assert measures["pacbayes"]["examples"] == 400  # at most pacbayes_examples: the whole tiny training set
-    for name in ("log_prod_spec", "path_norm", "pacbayes_flatness", "pacbayes_mag_flatness", "ww_alpha"):
+    assert measures["sharpness_flatness"]["examples"] == 400
+    for name in ("log_prod_spec", "path_norm", "pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_flatness",
+                 "sharpness_mag_flatness", "ww_alpha"):
         assert run.data.metrics[f"measures/{name}"] == pytest.approx(measures["values"][name])
     assert measures["weightwatcher"]["analysed"] == ["net.0", "net.2"]
     assert {"time/train_s", "time/probe_s", "time/download_s"} <= run.data.metrics.keys()

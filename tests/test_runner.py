@@ -333,7 +333,8 @@ def test_an_interrupted_sweep_is_followed_by_its_rerun_then_analyzed(tmp_path):
     assert os.path.exists(project / "study" / "report.md")
     # every family of generalization measure is a row of the analysis: from each run's measures stage
     for name, family in (("log_prod_spec", "norm & margin"), ("pacbayes_mag_flatness", "pac-bayes"),
-                         ("ww_alpha", "weight spectrum"), ("lambda_max", "curvature")):
+                         ("ww_alpha", "weight spectrum"), ("lambda_max", "curvature"),
+                         ("sharpness_mag_flatness", "worst-case flatness")):
         assert analysis["correlations"][name]["family"] == family and analysis["correlations"][name]["runs"] == 4
     assert {r["measures"]["pacbayes_flatness"] for r in analysis["runs"]} == {
         by_name[n].data.metrics["measures/pacbayes_flatness"] for n in order}

@@ -14,8 +14,8 @@ import torch
 from landscape.config import MeasuresConfig
 
 log = logging.getLogger(__name__)
-FAMILIES = {"norm & margin": "norms", "pac-bayes": "pacbayes", "weight spectrum": "weightwatcher",
-            "optimization": "optimization"}
+FAMILIES = {"norm & margin": "norms", "pac-bayes": "pacbayes", "worst-case flatness": "sharpness_flatness",
+            "weight spectrum": "weightwatcher", "optimization": "optimization"}
 
 
 def measure_run(ckpt_dir: str | Path, data_root: str | Path, history: dict[str, Any], cfg: MeasuresConfig,
@@ -49,20 +49,30 @@ def measure_run(ckpt_dir: str | Path, data_root: str | Path, history: dict[str, 
     t0 = time.perf_counter()
     record["norms"] = norm_measures(model, init, x, y, cfg.margin_percentile, batch_size)
     timings["norm & margin"] = time.perf_counter() - t0
+    xs, ys = x, y  # the searches' examples: a seeded subset of at most pacbayes_examples
+    if cfg.pacbayes_examples is not None and cfg.pacbayes_examples < len(y):
+        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.pacbayes_seed))
+        idx = idx[: cfg.pacbayes_examples].sort().values.to(x.device)
+        xs, ys = x[idx], y[idx]
     record["pacbayes"] = None
     if cfg.pacbayes:
         from landscape.measures.pacbayes import pacbayes_measures
 
         t0 = time.perf_counter()
-        xs, ys = x, y
-        if cfg.pacbayes_examples is not None and cfg.pacbayes_examples < len(y):
-            idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.pacbayes_seed))
-            idx = idx[: cfg.pacbayes_examples].sort().values.to(x.device)
-            xs, ys = x[idx], y[idx]
         record["pacbayes"] = pacbayes_measures(model, init, xs, ys, cfg.pacbayes_deviation, cfg.pacbayes_depth,
                                                cfg.pacbayes_samples, cfg.pacbayes_tolerance, cfg.pacbayes_seed,
                                                cfg.pacbayes_magnitude_eps, batch_size)
         timings["pac-bayes"] = time.perf_counter() - t0
+    record["sharpness_flatness"] = None
+    if cfg.sharpness:
+        from landscape.measures.worst_case import sharpness_flatness_measures
+
+        t0 = time.perf_counter()
+        record["sharpness_flatness"] = sharpness_flatness_measures(
+            model, xs, ys, cfg.pacbayes_deviation, cfg.sharpness_depth, cfg.sharpness_steps, cfg.pacbayes_tolerance,
+            cfg.pacbayes_magnitude_eps, batch_size)
+        record["sharpness_flatness"]["examples_seed"] = cfg.pacbayes_seed
+        timings["worst-case flatness"] = time.perf_counter() - t0
     record["weightwatcher"] = None
     if cfg.weightwatcher:
         from landscape.measures.spectra import weightwatcher_measures

@@ -73,6 +73,9 @@ MEASURES: list[Measure] = [
         ("pacbayes_flatness", "1/σ*², N(0, σ²I)"), ("pacbayes_mag_flatness", "1/σ*², N(0, σ²w² + ε²)"),
         ("pacbayes_orig", "PAC-Bayes bound on ‖w‖"), ("pacbayes_init", "PAC-Bayes bound on ‖w − w⁰‖"),
         ("pacbayes_mag_orig", "magnitude-aware bound on w"), ("pacbayes_mag_init", "magnitude-aware bound on w − w⁰"))),
+    *(Measure(name, "worst-case flatness", what, _get(f"measures/{name}")) for name, what in (
+        ("sharpness_flatness", "1/α*², max over |u_i| ≤ α (Jiang's sharpness.flatness)"),
+        ("sharpness_mag_flatness", "1/α*², max over |u_i| ≤ α|w_i| + ε (sharpness.mag.flatness)"))),
     *(Measure(name, "weight spectrum", what, _get(f"measures/{name}")) for name, what in (
         ("ww_alpha", "mean power-law α of the layers' ESDs (WeightWatcher)"),
         ("ww_alpha_weighted", "mean α̂ = α log λ_max (WeightWatcher)"), ("ww_stable_rank", "mean stable rank"),
