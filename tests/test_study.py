@@ -235,8 +235,9 @@ def test_analysis_with_seeds_holds_them_fixed_and_resamples_configurations(tmp_p
 
 
 def test_analysis_keeps_one_run_per_configuration_and_lists_the_superseded(tmp_path):
-    """After a code change every point has a second FINISHED run (another run key); two writers of one
-    pipeline state leave two runs with one key. Each configuration counts once: the run that ended last."""
+    """After a code change every point has a second FINISHED run (another run key), and the new code logs a
+    param the old one did not have; two writers of one pipeline state leave two runs with one key. Each
+    configuration counts once: the run that ended last; the added param is not an axis."""
     from mlflow.tracking import MlflowClient
 
     from landscape.study.analysis import analyze
@@ -248,12 +249,13 @@ def test_analysis_keeps_one_run_per_configuration_and_lists_the_superseded(tmp_p
     newer = {}
     for name, run in sorted(old.items()):  # the same params again, other numbers: "the new code"
         metrics = {k: v * 1.5 if k == "curvature/lambda_max" else v for k, v in run.data.metrics.items()}
-        newer[name] = _log_run(client, exp, name, run.data.params, metrics,
+        newer[name] = _log_run(client, exp, name, {**run.data.params, "measures.sharpness": "True"}, metrics,
                                tags={"landscape.run_key": f"new-{name}"})
     rec = analyze("study", tmp_path / "out", uri=uri, resamples=100, log_run=False)
     assert len(rec["runs"]) == 6 and {r["run_id"] for r in rec["runs"]} == set(newer.values())
     superseded = [s for s in rec["skipped"] if s["reason"].startswith("superseded")]
     assert {s["run_id"] for s in superseded} == {r.info.run_id for r in old.values()}
+    assert "measures.sharpness" not in rec["axes"] and "train.lr" in rec["axes"]
     lam = [m["curvature/lambda_max"] * 1.5 for m in logged]
     gap = [m["loss/generalization_gap"] for m in logged]
     assert rec["correlations"]["lambda_max"]["loss_gap"]["tau"] == pytest.approx(

@@ -63,10 +63,11 @@ def _number(v: Any) -> float | None:
 IDENTITY_SKIP = ("track.",)  # params that name a run, not what it computed
 
 
-def configuration_key(params: dict[str, str]) -> str:
-    """What identifies a pipeline configuration across code versions: every param (the data actually used
-    included: ``data.source_used``, counts) except the ``track.*`` names."""
-    return json.dumps({k: v for k, v in sorted(params.items()) if not k.startswith(IDENTITY_SKIP)})
+def same_configuration(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Whether two runs computed the same configuration: equal on every param both have (``track.*`` aside). A
+    param only one of them has was added by newer code (``measures.sharpness``, ``model.depth``, …): the older
+    run had no such setting, so it cannot tell the two apart."""
+    return all(a[k] == b[k] for k in a.keys() & b.keys() if not k.startswith(IDENTITY_SKIP))
 
 
 def collect(client: Any, experiment_id: str, min_train_accuracy: float | None = None
@@ -108,26 +109,28 @@ def collect(client: Any, experiment_id: str, min_train_accuracy: float | None = 
 
 
 def one_per_configuration(rows: list[RunRow]) -> tuple[list[RunRow], list[dict[str, str]]]:
-    """Of the runs of one configuration keep the one that ended last (the newest code; between two writers of
-    one pipeline state, the same one every time: ties go to the larger run id); the others are superseded."""
-    groups: dict[str, list[RunRow]] = {}
-    for r in rows:
-        groups.setdefault(configuration_key(r.params), []).append(r)
-    kept, superseded = [], []
-    for members in groups.values():
-        members.sort(key=lambda r: (r.end_time, r.run_id), reverse=True)
-        kept.append(members[0])
-        superseded += [{"run_id": r.run_id, "name": r.name,
-                        "reason": f"superseded by run {members[0].run_id} (same params and data; it ended later: "
-                                  "newer code, or a second writer of the same pipeline state)"}
-                       for r in members[1:]]
+    """Of the runs of one configuration (:func:`same_configuration`) keep the one that ended last (the newest
+    code; between two writers of one pipeline state, the same one every time: ties go to the larger run id);
+    the others are superseded by it."""
+    kept: list[RunRow] = []
+    superseded = []
+    for r in sorted(rows, key=lambda r: (r.end_time, r.run_id), reverse=True):
+        newer = next((k for k in kept if same_configuration(k.params, r.params)), None)
+        if newer is None:
+            kept.append(r)
+            continue
+        superseded.append({"run_id": r.run_id, "name": r.name,
+                           "reason": f"superseded by run {newer.run_id} (same params and data; it ended later: "
+                                     "newer code, or a second writer of the same pipeline state)"})
     return kept, superseded
 
 
 def varying_axes(rows: list[RunRow]) -> list[str]:
+    """The params that take more than one value among the runs that have them (a param that newer code added
+    and older runs lack is not an axis by being absent)."""
     keys = sorted({k for r in rows for k in r.params})
     return [k for k in keys if not k.startswith(("track.", "data.source_used", "data.train_count", "data.test_count"))
-            and len({r.params.get(k) for r in rows}) > 1]
+            and len({r.params[k] for r in rows if k in r.params}) > 1]
 
 
 def correlations(rows: list[RunRow], axes: list[str], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
