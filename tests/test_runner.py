@@ -280,8 +280,11 @@ def test_an_interrupted_sweep_is_followed_by_its_rerun_then_analyzed(tmp_path):
     grid = _write_grid(project, "wd", {"train.lr": [0.02, 0.1], "train.weight_decay": [0.0, 1.0e-5]}, FAST)
 
     def popen(log: Path) -> subprocess.Popen:
+        # SIGINT back to its default in the child: a suite started as a background job inherits it ignored
+        # (POSIX), and Python then never raises KeyboardInterrupt, so the Ctrl-C below would be a no-op
         return subprocess.Popen([*SWEEP, grid, "--jobs", "1"], cwd=project, env=env, stdout=subprocess.DEVNULL,
-                                stderr=open(log, "w"), text=True)
+                                stderr=open(log, "w"), text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def running() -> bool:
         return any(e["status"] == "Running" and (e.get("name") or "").startswith("wd-")
