@@ -21,10 +21,8 @@ SOURCE_KEYWORDS = ("auto", "download", "offline")
 
 
 class ConfigError(Exception):
-    """An invalid params.yaml. ``key`` is the dotted key at fault (or None for the whole file).
-
-    Not a ValueError on purpose: pydantic would wrap a ValueError raised in a validator.
-    """
+    """An invalid params.yaml; ``key``: the dotted key at fault (None: the whole file). Not a ValueError on
+    purpose: pydantic would wrap a ValueError raised in a validator."""
 
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
@@ -224,9 +222,8 @@ class ConnectConfig(_Group):
 
 
 class MeasuresConfig(_Group):
-    """Generalization measures at the final checkpoint (landscape.measures): norms and margins, PAC-Bayes
-    flatness, worst-case (sharpness) flatness, weight spectra, #steps. The worst-case search shares the PAC-Bayes
-    search's deviation, tolerance, examples and ε, as Jiang et al. do."""
+    """Measures at the final checkpoint (landscape.measures): norms, margins, PAC-Bayes and worst-case flatness
+    (one deviation, tolerance, subset and ε for both searches, as Jiang et al.), weight spectra, #steps."""
 
     enabled: bool = True
     margin_percentile: float = Field(default=10.0, gt=0, lt=100)
