@@ -43,29 +43,40 @@ class SigmaSearch:
     converged: bool = False  # stopped within the tolerance (else: the depth ran out)
 
 
+def bisection(displacement_at: Any, deviation: float, depth: int, tolerance: float
+              ) -> tuple[float, list[dict[str, float]], bool]:
+    """Jiang's search on [0, 2]: at most ``depth`` halvings, stopping when the displacement is within
+    ``tolerance`` of the ``deviation``, moving down when above, up when below. ``displacement_at(s)`` returns
+    (displacement, the step's record); returns (the last s, the records, stopped within the tolerance)."""
+    lower, upper, value, steps = 0.0, 2.0, 1.0, []
+    for _ in range(depth):
+        value = (lower + upper) / 2
+        disp, record = displacement_at(value)
+        steps.append(record)
+        if abs(disp - deviation) < tolerance:
+            return value, steps, True
+        if disp > deviation:
+            upper = value
+        else:
+            lower = value
+    return value, steps, False
+
+
 def sigma_search(accuracy_at: Any, base_accuracy: float, scale: torch.Tensor | None, eps: float, deviation: float,
                  depth: int, samples: int, tolerance: float, seed: int, n: int) -> SigmaSearch:
     """The bisection of the module docstring. ``accuracy_at(thetas_offsets)``: the accuracies (one per row) at
     θ + u for the (samples, n) perturbations u; ``scale``: |w| for the magnitude-aware search (None: plain)."""
     g = torch.Generator().manual_seed(SEED_OFFSET + seed)
-    lower, upper = 0.0, 2.0
-    out = SigmaSearch(sigma=1.0)
-    for _ in range(depth):
-        sigma = (lower + upper) / 2
+
+    def displacement_at(sigma: float) -> tuple[float, dict[str, float]]:
         z = torch.randn(samples, n, generator=g, dtype=torch.float64)
         std = sigma if scale is None else torch.sqrt(sigma**2 * scale.double() ** 2 + eps**2)
         acc = float(accuracy_at(z * std).mean())
         disp = abs(acc - base_accuracy)
-        out.steps.append({"sigma": sigma, "accuracy": acc, "displacement": disp})
-        out.sigma = sigma
-        if abs(disp - deviation) < tolerance:
-            out.converged = True
-            break
-        if disp > deviation:
-            upper = sigma
-        else:
-            lower = sigma
-    return out
+        return disp, {"sigma": sigma, "accuracy": acc, "displacement": disp}
+
+    sigma, steps, converged = bisection(displacement_at, deviation, depth, tolerance)
+    return SigmaSearch(sigma, steps, converged)
 
 
 def pacbayes_measures(model: nn.Module, init: nn.Module, x: torch.Tensor, y: torch.Tensor, deviation: float = 0.1,

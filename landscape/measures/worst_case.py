@@ -31,6 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from landscape.evaluation import evaluate, per_example_loss
+from landscape.measures.pacbayes import bisection
 from landscape.parameters import flatten, unflatten
 
 STEP = 2.5  # η·steps: the ascent can cross the box (2r) in 80% of its steps
@@ -91,25 +92,19 @@ def alpha_search(acc_grad: Any, accuracy_at: Any, theta: torch.Tensor, base_accu
                  first_gradient: torch.Tensor, scale: torch.Tensor | None, eps: float, deviation: float, depth: int,
                  steps: int, tolerance: float) -> AlphaSearch:
     """The bisection of the module docstring; ``scale``: |w| for the magnitude-aware box (None: plain)."""
-    lower, upper = 0.0, 2.0
-    out = AlphaSearch(alpha=1.0)
-    for _ in range(depth):
-        alpha = (lower + upper) / 2
+    evaluations = 0
+
+    def displacement_at(alpha: float) -> tuple[float, dict[str, float]]:
+        nonlocal evaluations
         half = torch.full_like(theta, alpha) if scale is None else alpha * scale + eps
         acc, best_step, evals = worst_accuracy(acc_grad, accuracy_at, theta, half, steps, first_gradient,
                                                base_accuracy - deviation - tolerance)
-        out.gradient_evaluations += evals
+        evaluations += evals
         disp = base_accuracy - acc
-        out.steps.append({"alpha": alpha, "accuracy": acc, "displacement": disp, "best_step": best_step})
-        out.alpha = alpha
-        if abs(disp - deviation) < tolerance:
-            out.converged = True
-            break
-        if disp > deviation:
-            upper = alpha
-        else:
-            lower = alpha
-    return out
+        return disp, {"alpha": alpha, "accuracy": acc, "displacement": disp, "best_step": best_step}
+
+    alpha, records, converged = bisection(displacement_at, deviation, depth, tolerance)
+    return AlphaSearch(alpha, records, converged, evaluations)
 
 
 def sharpness_flatness_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, deviation: float = 0.1,
