@@ -196,7 +196,7 @@ def test_a_killed_worker_fails_its_point_and_the_rerun_runs_only_it(services, tm
     grid = project / "sweeps" / "kill.yaml"
     spec = TINY_GRID.read_text().replace("experiment: sweep-tiny", "experiment: sweep-kill").replace(
         "name: tiny", "name: kill").replace("model.hidden: [[16], [32]]", "model.hidden: [[16]]")
-    grid.write_text(spec)
+    grid.write_text(spec + "".join(f"  {k}.enabled: false\n" for k in ("surface", "connect", "measures")))
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "x"], cwd=project)
     subprocess.run(["git", "add", "sweeps/kill.yaml"], cwd=project, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "kill grid"], cwd=project,
@@ -243,7 +243,8 @@ def test_a_point_whose_push_failed_is_run_again(services, tmp_path):
     spec = TINY_GRID.read_text().replace("experiment: sweep-tiny", "experiment: sweep-push").replace(
         "name: tiny", "name: push").replace("train.lr: [0.02, 0.1]", "train.lr: [0.05]").replace(
         "model.hidden: [[16], [32]]", "model.hidden: [[16]]")
-    (project / "sweeps" / "push.yaml").write_text(spec + "  surface.enabled: false\n  connect.enabled: false\n")
+    (project / "sweeps" / "push.yaml").write_text(
+        spec + "".join(f"  {k}.enabled: false\n" for k in ("surface", "connect", "measures")))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "add", "sweeps/push.yaml"], cwd=project, check=True)
     subprocess.run([*git, "commit", "-qm", "push grid"], cwd=project, check=True)
