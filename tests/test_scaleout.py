@@ -17,6 +17,7 @@ import pytest
 from tests.pipeline import make_project, stage_env
 
 TINY_GRID = Path(__file__).resolve().parent.parent / "sweeps" / "tiny.yaml"
+STAGES_OFF = "".join(f"  {k}.enabled: false\n" for k in ("surface", "connect", "measures"))  # not looked at here
 
 
 def _sweep(project: Path, *args: str, env: dict, timeout: int = 600, popen: bool = False):
@@ -196,8 +197,7 @@ def test_a_killed_worker_fails_its_point_and_the_rerun_runs_only_it(services, tm
     grid = project / "sweeps" / "kill.yaml"
     spec = TINY_GRID.read_text().replace("experiment: sweep-tiny", "experiment: sweep-kill").replace(
         "name: tiny", "name: kill").replace("model.hidden: [[16], [32]]", "model.hidden: [[16]]")
-    grid.write_text(spec + "".join(f"  {k}.enabled: false\n" for k in ("surface", "connect", "measures")))
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "x"], cwd=project)
+    grid.write_text(spec + STAGES_OFF)
     subprocess.run(["git", "add", "sweeps/kill.yaml"], cwd=project, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "kill grid"], cwd=project,
                    check=True)
@@ -243,8 +243,7 @@ def test_a_point_whose_push_failed_is_run_again(services, tmp_path):
     spec = TINY_GRID.read_text().replace("experiment: sweep-tiny", "experiment: sweep-push").replace(
         "name: tiny", "name: push").replace("train.lr: [0.02, 0.1]", "train.lr: [0.05]").replace(
         "model.hidden: [[16], [32]]", "model.hidden: [[16]]")
-    (project / "sweeps" / "push.yaml").write_text(
-        spec + "".join(f"  {k}.enabled: false\n" for k in ("surface", "connect", "measures")))
+    (project / "sweeps" / "push.yaml").write_text(spec + STAGES_OFF)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "add", "sweeps/push.yaml"], cwd=project, check=True)
     subprocess.run([*git, "commit", "-qm", "push grid"], cwd=project, check=True)
