@@ -267,10 +267,13 @@ def log_pipeline(
                     client.set_tag(run_id, "landscape.connect_skipped", str(connect["skipped"])[:5000])
             summary.update(surface_summary(files))
             if Path(files.get("measures", "")).is_file():  # the generalization measures, as measures/<name>
-                for k, v in (read_json(files["measures"]).get("values") or {}).items():
+                measures = read_json(files["measures"])
+                for k, v in (measures.get("values") or {}).items():
                     value = _metric_value(v)
                     if value is not None:
                         metrics.append(Metric(f"measures/{k}", value, now, 0))
+                if measures.get("at_interval_top"):  # censored at the search interval's top: say which
+                    client.set_tag(run_id, "landscape.measures_at_interval_top", ", ".join(measures["at_interval_top"]))
             for k, v in summary.items():
                 value = _metric_value(v)
                 if value is not None:

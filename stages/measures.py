@@ -29,7 +29,10 @@ def main() -> None:
           + (f", worst-case 1/α² {v['sharpness_flatness']:.3g} (magnitude-aware {v['sharpness_mag_flatness']:.3g})"
              if "sharpness_flatness" in v else "")
           + (f", weightwatcher α {v['ww_alpha']:.3g}" if v.get("ww_alpha") is not None else "")
-          + "; seconds: " + ", ".join(f"{k} {t:.1f}" for k, t in timings.items()))
+          + "; seconds: " + ", ".join(f"{k} {t:.1f}" for k, t in timings.items())
+          + (f"; at the top of the search interval [0, 2] (the accuracy never fell by the deviation, so these are "
+             f"censored there): {', '.join(n for n in record['at_interval_top'] if n.endswith('flatness'))}"
+             if record["at_interval_top"] else ""))
 
 
 if __name__ == "__main__":

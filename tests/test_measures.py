@@ -228,3 +228,27 @@ def test_a_run_that_diverged_in_its_first_epoch_is_a_record_not_a_failure(tmp_pa
     save_checkpoint(checkpoint_path(tmp_path, 0), {"epoch": 0, "model": model.state_dict(), "spec": model.spec})
     record, timings = measure_run(tmp_path, tmp_path, {"diverged": True, "history": []}, MeasuresConfig())
     assert record["epoch"] is None and "diverged" in record["skipped"] and record["values"] == {} and timings == {}
+
+
+def test_a_search_that_never_reaches_the_deviation_ends_at_the_top_and_says_so():
+    """Inputs that are all zero leave a linear classifier one prediction for every example, so on balanced
+    labels its accuracy is 0.5 under any perturbation: neither search can lower it by the deviation, both end at
+    the top of [0, 2] and mark their values censored there; the trained case of the closed-form test does not."""
+    from landscape.measures.pacbayes import bisection, pacbayes_measures
+    from landscape.measures.worst_case import sharpness_flatness_measures
+
+    x, y = torch.zeros(200, 4, dtype=torch.float64), torch.arange(200) % 2
+    model = MLP(4, [], "relu", 2).double()
+    pb = pacbayes_measures(model, model, x, y, deviation=0.1, depth=10, samples=4, tolerance=0.01)
+    wc = sharpness_flatness_measures(model, x, y, deviation=0.1, depth=10, steps=2, tolerance=0.01)
+    assert pb["base_accuracy"] == wc["base_accuracy"] == 0.5
+    top = 2 - 2 / 2**10  # the last midpoint of ten upward halvings
+    for rec, keys in ((pb, ("pacbayes_sigma", "pacbayes_mag_sigma")), (wc, ("sharpness_alpha", "sharpness_mag_alpha"))):
+        assert [rec["values"][k] for k in keys] == [top, top]
+        assert all(s["at_top"] and not s["converged"] for s in rec["search"].values())
+    assert set(pb["at_interval_top"]) >= {"pacbayes_flatness", "pacbayes_mag_flatness", "pacbayes_orig"}
+    assert set(wc["at_interval_top"]) == {"sharpness_flatness", "sharpness_alpha", "sharpness_mag_flatness",
+                                          "sharpness_mag_alpha"}
+    # a search that stopped below the top, within or out of its depth, is not censored
+    assert bisection(lambda s: (s / 2, {}), 0.1, 10, 0.01)[2:] == (True, False)
+    assert bisection(lambda s: (1.0 if s > 0.3 else 0.0, {}), 0.1, 10, 0.01)[2:] == (False, False)

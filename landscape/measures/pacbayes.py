@@ -13,7 +13,9 @@ early when it is within ``tolerance`` of the deviation (Jiang: 0.01), moves down
 Measures: ``pacbayes_flatness`` = 1/σ*², ``pacbayes_mag_flatness`` = 1/σ*_mag², and the bounds
 ``pacbayes_orig`` = ‖w‖²/(4σ*²) + log(m/σ*) + 10, ``pacbayes_init`` the same with w − w⁰, and the magnitude-aware
 ``pacbayes_mag_orig`` / ``…_init`` = ¼ Σ_i log((ε² + (σ*² + 1)‖v‖²/n) / (ε² + σ*²(w_i − w⁰_i)²)) + log(m/σ*) + 10
-(v = w or w − w⁰; weights only, n of them; m the examples used).
+(v = w or w − w⁰; weights only, n of them; m the examples used). A search whose every step moved up (the
+accuracy never fell by the deviation, e.g. a network at chance) ends at the interval's top: σ* ≥ 2 is censored
+there, and its values are listed in ``at_interval_top`` (ranks still order them above every uncensored run).
 
 Where this departs from the public reimplementation: its ``torch.normal(0, σ²)`` passes σ² as the *standard
 deviation* (and σ²w² + ε² likewise), so its σ is the square root of the paper's; we follow the paper (standard
@@ -34,6 +36,9 @@ from landscape.evaluation import evaluate, evaluate_many
 from landscape.parameters import flatten
 
 SEED_OFFSET = 10348628753  # Jiang's generator offset, kept so that a seed means the same draws in spirit
+# the values a search that ended at the interval's top leaves censored there (listed in ``at_interval_top``)
+PLAIN_AT_TOP = ["pacbayes_flatness", "pacbayes_orig", "pacbayes_init", "pacbayes_sigma"]
+MAG_AT_TOP = ["pacbayes_mag_flatness", "pacbayes_mag_orig", "pacbayes_mag_init", "pacbayes_mag_sigma"]
 
 
 @dataclass
@@ -41,25 +46,28 @@ class SigmaSearch:
     sigma: float
     steps: list[dict[str, float]] = field(default_factory=list)  # sigma, mean accuracy, displacement
     converged: bool = False  # stopped within the tolerance (else: the depth ran out)
+    at_top: bool = False  # never displaced by the deviation, even near 2: σ* ≥ 2, the value a lower bound
 
 
 def bisection(displacement_at: Any, deviation: float, depth: int, tolerance: float
-              ) -> tuple[float, list[dict[str, float]], bool]:
+              ) -> tuple[float, list[dict[str, float]], bool, bool]:
     """Jiang's search on [0, 2]: at most ``depth`` halvings, stopping when the displacement is within
     ``tolerance`` of the ``deviation``, moving down when above, up when below. ``displacement_at(s)`` returns
-    (displacement, the step's record); returns (the last s, the records, stopped within the tolerance)."""
+    (displacement, the step's record); returns (the last s, the records, stopped within the tolerance, at the
+    top: every step moved up, so the scale* lies at or above the interval's end and the value is censored there,
+    as for a network at chance whose accuracy cannot fall by the deviation)."""
     lower, upper, value, steps = 0.0, 2.0, 1.0, []
     for _ in range(depth):
         value = (lower + upper) / 2
         disp, record = displacement_at(value)
         steps.append(record)
         if abs(disp - deviation) < tolerance:
-            return value, steps, True
+            return value, steps, True, False
         if disp > deviation:
             upper = value
         else:
             lower = value
-    return value, steps, False
+    return value, steps, False, upper == 2.0
 
 
 def sigma_search(accuracy_at: Any, base_accuracy: float, scale: torch.Tensor | None, eps: float, deviation: float,
@@ -75,8 +83,7 @@ def sigma_search(accuracy_at: Any, base_accuracy: float, scale: torch.Tensor | N
         disp = abs(acc - base_accuracy)
         return disp, {"sigma": sigma, "accuracy": acc, "displacement": disp}
 
-    sigma, steps, converged = bisection(displacement_at, deviation, depth, tolerance)
-    return SigmaSearch(sigma, steps, converged)
+    return SigmaSearch(*bisection(displacement_at, deviation, depth, tolerance))
 
 
 def pacbayes_measures(model: nn.Module, init: nn.Module, x: torch.Tensor, y: torch.Tensor, deviation: float = 0.1,
@@ -114,5 +121,6 @@ def pacbayes_measures(model: nn.Module, init: nn.Module, x: torch.Tensor, y: tor
     return {"values": values, "base_accuracy": base_acc, "examples": m,
             "settings": {"deviation": deviation, "depth": depth, "samples": samples, "tolerance": tolerance,
                          "seed": seed, "magnitude_eps": eps, "interval": [0.0, 2.0]},
-            "search": {"plain": {"converged": plain.converged, "steps": plain.steps},
-                       "magnitude": {"converged": mag.converged, "steps": mag.steps}}}
+            "at_interval_top": [*(PLAIN_AT_TOP if plain.at_top else []), *(MAG_AT_TOP if mag.at_top else [])],
+            "search": {"plain": {"converged": plain.converged, "at_top": plain.at_top, "steps": plain.steps},
+                       "magnitude": {"converged": mag.converged, "at_top": mag.at_top, "steps": mag.steps}}}

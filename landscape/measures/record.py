@@ -86,5 +86,8 @@ def measure_run(ckpt_dir: str | Path, data_root: str | Path, history: dict[str, 
     record["values"] = {name: value for family, key in FAMILIES.items() if record.get(key)
                         for name, value in record[key]["values"].items()}
     record["families"] = {family: sorted(record[key]["values"]) for family, key in FAMILIES.items() if record.get(key)}
+    # values censored at the top of a search's interval (the accuracy never fell by the deviation, e.g. at chance)
+    record["at_interval_top"] = [name for key in ("pacbayes", "sharpness_flatness") if record.get(key)
+                                 for name in record[key]["at_interval_top"]]
     log.info("measures at epoch %d: %s", epoch, ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
     return record, timings

@@ -43,6 +43,7 @@ class AlphaSearch:
     steps: list[dict[str, float]] = field(default_factory=list)  # alpha, accuracy, displacement, best_step
     converged: bool = False  # stopped within the tolerance (else: the depth ran out)
     gradient_evaluations: int = 0
+    at_top: bool = False  # never displaced by the deviation, even near 2: α* ≥ 2 as far as the ascent found
 
 
 def accuracy_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096
@@ -103,8 +104,8 @@ def alpha_search(acc_grad: Any, accuracy_at: Any, theta: torch.Tensor, base_accu
         disp = base_accuracy - acc
         return disp, {"alpha": alpha, "accuracy": acc, "displacement": disp, "best_step": best_step}
 
-    alpha, records, converged = bisection(displacement_at, deviation, depth, tolerance)
-    return AlphaSearch(alpha, records, converged, evaluations)
+    alpha, records, converged, at_top = bisection(displacement_at, deviation, depth, tolerance)
+    return AlphaSearch(alpha, records, converged, evaluations, at_top)
 
 
 def sharpness_flatness_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, deviation: float = 0.1,
@@ -128,7 +129,9 @@ def sharpness_flatness_measures(model: nn.Module, x: torch.Tensor, y: torch.Tens
             "settings": {"deviation": deviation, "depth": depth, "ascent_steps": steps, "step": f"{STEP}/steps",
                          "tolerance": tolerance, "magnitude_eps": magnitude_eps, "interval": [0.0, 2.0],
                          "ascent": "ℓ∞ projected sign-gradient ascent on the cross-entropy from u = 0"},
-            "search": {"plain": {"converged": plain.converged, "gradient_evaluations": plain.gradient_evaluations,
-                                 "steps": plain.steps},
-                       "magnitude": {"converged": mag.converged, "gradient_evaluations": mag.gradient_evaluations,
-                                     "steps": mag.steps}}}
+            "at_interval_top": [*(["sharpness_flatness", "sharpness_alpha"] if plain.at_top else []),
+                                *(["sharpness_mag_flatness", "sharpness_mag_alpha"] if mag.at_top else [])],
+            "search": {"plain": {"converged": plain.converged, "at_top": plain.at_top,
+                                 "gradient_evaluations": plain.gradient_evaluations, "steps": plain.steps},
+                       "magnitude": {"converged": mag.converged, "at_top": mag.at_top,
+                                     "gradient_evaluations": mag.gradient_evaluations, "steps": mag.steps}}}
