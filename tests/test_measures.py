@@ -120,7 +120,7 @@ def test_pacbayes_sigma_matches_the_closed_form_of_a_linear_classifier():
         return a * c / (scale * gaussian.ppf(acc))
 
     rec = pacbayes_measures(model, model, x, y, deviation=0.1, depth=20, samples=40, tolerance=0.01, seed=0)
-    assert rec["base_accuracy"] == 1.0 and rec["search"]["plain"]["converged"]
+    assert rec["base_accuracy"] == 1.0 and rec["search"]["plain"]["converged"] and rec["at_interval_top"] == []
     sigma = rec["values"]["pacbayes_sigma"]
     assert sigma_at(0.91) * 0.97 <= sigma <= sigma_at(0.89) * 1.03
     assert rec["values"]["pacbayes_flatness"] == pytest.approx(1 / sigma**2)
@@ -233,7 +233,7 @@ def test_a_run_that_diverged_in_its_first_epoch_is_a_record_not_a_failure(tmp_pa
 def test_a_search_that_never_reaches_the_deviation_ends_at_the_top_and_says_so():
     """Inputs that are all zero leave a linear classifier one prediction for every example, so on balanced
     labels its accuracy is 0.5 under any perturbation: neither search can lower it by the deviation, both end at
-    the top of [0, 2] and mark their values censored there; the trained case of the closed-form test does not."""
+    the top of [0, 2] and mark their values censored there; a search that stops below the top does not."""
     from landscape.measures.pacbayes import bisection, pacbayes_measures
     from landscape.measures.worst_case import sharpness_flatness_measures
 

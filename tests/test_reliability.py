@@ -206,19 +206,17 @@ def test_a_stage_outside_the_environment_says_how_to_enter_it(reference):
     assert "cannot import torch" in err[0] and "source .venv/bin/activate" in err[0]
 
 
-
 def test_tracking_server_down_then_up(tmp_path):
-    """With credentials in the tracking URI (as basic auth puts them there), no line and no file shows them."""
-    # the switched-off stages still run (in 0.2 s each): this test is about tracking, not what they compute
-    project = make_project(tmp_path / "project", {k: {"enabled": False} for k in ("surface", "connect", "measures")})
+    """With credentials in the tracking URI (as basic auth puts them there), no line and no file shows them. A
+    network left at chance (lr 1e-9): its flatness searches end at the top of [0, 2], and the run says so."""
+    project = make_project(tmp_path / "project", {"surface": {"enabled": False}, "connect": {"enabled": False},
+                                                  "train": {"lr": 1.0e-9}, "measures": {"weightwatcher": False}})
     port = free_port()
-    uri = f"http://analyst:s3cret-pw@127.0.0.1:{port}"
-    shown = f"http://***@127.0.0.1:{port}"
+    uri, shown = f"http://analyst:s3cret-pw@127.0.0.1:{port}", f"http://***@127.0.0.1:{port}"
     env = stage_env(MLFLOW_TRACKING_URI=uri)
     proc = dvc(project, "repro", env=env)
-    assert proc.returncode != 0
-    assert ran_stages(proc) == ["download", "train", "probe", "interpolate", "surface", "connect", "measures", "plot",
-                                "track"]
+    assert proc.returncode != 0 and ran_stages(proc) == ["download", "train", "probe", "interpolate", "surface",
+                                                         "connect", "measures", "plot", "track"]
     for name in ("mnist_geometry_metrics.json", "line_loss.json", "plots/curvature.png"):
         assert (project / name).exists()
     t0 = time.perf_counter()
@@ -247,6 +245,9 @@ def test_tracking_server_down_then_up(tmp_path):
         assert "s3cret-pw" not in again.stdout + again.stderr and shown in again.stdout + again.stderr
         run = client.get_run(run_info["run_id"])
         assert run.info.status == "FINISHED"
+        assert {"pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_flatness", "sharpness_mag_flatness"} <= set(
+            run.data.tags["landscape.measures_at_interval_top"].split(", "))
+        assert run.data.metrics["measures/pacbayes_flatness"] == pytest.approx((2 - 2 / 2**15) ** -2)
         assert len(client.get_metric_history(run.info.run_id, "curvature/lambda_max")) == 3
         local = client.download_artifacts(run.info.run_id, "outputs/line_loss.json", str(tmp_path))
         assert Path(local).read_bytes() == (project / "line_loss.json").read_bytes()

@@ -15,7 +15,7 @@ Measures: ``pacbayes_flatness`` = 1/σ*², ``pacbayes_mag_flatness`` = 1/σ*_mag
 ``pacbayes_mag_orig`` / ``…_init`` = ¼ Σ_i log((ε² + (σ*² + 1)‖v‖²/n) / (ε² + σ*²(w_i − w⁰_i)²)) + log(m/σ*) + 10
 (v = w or w − w⁰; weights only, n of them; m the examples used). A search whose every step moved up (the
 accuracy never fell by the deviation, e.g. a network at chance) ends at the interval's top: σ* ≥ 2 is censored
-there, and its values are listed in ``at_interval_top`` (ranks still order them above every uncensored run).
+there, and its values are listed in ``at_interval_top`` (ranks still place them, tied, at the flat end).
 
 Where this departs from the public reimplementation: its ``torch.normal(0, σ²)`` passes σ² as the *standard
 deviation* (and σ²w² + ε² likewise), so its σ is the square root of the paper's; we follow the paper (standard
