@@ -324,6 +324,53 @@ def test_a_recorded_analysis_is_reanalysed_to_the_same_statistics(tmp_path):
     assert "*Re-analysis*" in (tmp_path / "again" / "report.md").read_text()
 
 
+def test_the_analysis_counts_the_runs_a_flatness_search_left_censored_at_its_top(tmp_path):
+    """A network at chance never loses the deviation's accuracy, so its searches end at the top of [0, 2]. Newer
+    runs say so in a tag; older ones only by their logged scale, the last value of an all-upward search
+    (2 − 2^(1−depth)). Each censored measure counts its censored runs, per run and in the report; a scale just
+    below the top (a search that moved down once) is not censored."""
+    from mlflow.tracking import MlflowClient
+
+    from landscape.measures.pacbayes import MAG_AT_TOP, PLAIN_AT_TOP, bisection
+    from landscape.study.analysis import analyze, reanalyze
+    from landscape.study.registry import SEARCHES
+
+    top = bisection(lambda s: (0.0, {}), 0.1, 15, 0.01)  # the deviation never reached: every step moves up
+    assert top[2:] == (False, True) and top[0] == 2 - 2.0**-14
+    below = 2 - 2.0**-14 - 2.0**-15  # one step down at the end: inside the interval
+    assert {n for scale, _, names in SEARCHES if "pacbayes" in scale for n in names} == \
+        {n for n in PLAIN_AT_TOP + MAG_AT_TOP if not n.endswith("sigma")}
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("study", artifact_location=(tmp_path / "art").as_uri())
+    rng = random.Random(0)
+    expected = {}
+    for i in range(8):
+        sigma = {0: top[0], 1: top[0], 2: below}.get(i, rng.uniform(0.05, 0.5))
+        alpha = top[0] if i == 0 else rng.uniform(0.01, 0.1)
+        tags = {"landscape.measures_at_interval_top": "pacbayes_flatness, pacbayes_sigma"} if i == 3 else {}
+        m = {"measures/pacbayes_sigma": sigma, "measures/pacbayes_flatness": 1 / sigma**2,
+             "measures/pacbayes_mag_sigma": rng.uniform(0.05, 0.5), "measures/pacbayes_mag_flatness": rng.uniform(1, 9),
+             "measures/sharpness_alpha": alpha, "measures/sharpness_flatness": 1 / alpha**2,
+             "curvature/lambda_max": rng.uniform(1, 50), "loss/generalization_gap": rng.uniform(0, 0.5),
+             "accuracy/train": rng.uniform(0.9, 1.0), "accuracy/test": rng.uniform(0.8, 0.95)}
+        expected[f"r{i}"] = sorted({0: ["pacbayes_flatness", "pacbayes_init", "pacbayes_orig", "sharpness_flatness"],
+                                    1: ["pacbayes_flatness", "pacbayes_init", "pacbayes_orig"],
+                                    3: ["pacbayes_flatness"]}.get(i, []))
+        _log_run(client, exp, f"r{i}", {"train.lr": (0.01, 0.1)[i % 2], "model.hidden": [16 * (i // 2 + 1)],
+                                         "measures.pacbayes_depth": 15, "measures.sharpness_depth": 15}, m, tags)
+    rec = analyze("study", tmp_path / "out", uri=uri, resamples=50, log_run=False)
+    assert {r["name"]: r["at_interval_top"] for r in rec["runs"]} == expected
+    corr = rec["correlations"]
+    assert corr["pacbayes_flatness"]["at_interval_top"] == 3 and corr["sharpness_flatness"]["at_interval_top"] == 1
+    assert corr["pacbayes_mag_flatness"]["at_interval_top"] == 0 and "at_interval_top" not in corr["lambda_max"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| pac-bayes | pacbayes_flatness | 8 (3 censored) |" in report
+    assert "| worst-case flatness | sharpness_flatness | 8 (1 censored) |" in report
+    again = reanalyze(tmp_path / "out" / "analysis.json", tmp_path / "again", resamples=50)
+    assert again["correlations"] == corr
+
+
 def test_the_family_lead_compares_intervals_in_the_direction_of_each_psi():
     from landscape.study.report import family_summary
 

@@ -89,6 +89,35 @@ MEASURES: list[Measure] = [
     Measure("surface_nonconvex_fraction", "surface", "share of the curvature map with |λ_min/λ_max| > threshold",
             _get("summary/surface/nonconvex_fraction")),
 ]
+# The flatness searches bisect their scale on [0, 2]. A search that moved up at every step (the accuracy never
+# fell by the deviation: a network at chance) ends at the interval's top; its values are censored there. Newer
+# runs carry the tag below (:mod:`landscape.tracking`); for older ones the censoring is read off the logged scale:
+# after d upward steps it is 2 − 2^(1−d), d the search depth param.
+CENSORED_TAG = "landscape.measures_at_interval_top"
+SEARCHES = (  # (the logged scale, its depth param, the measures censored with it)
+    ("measures/pacbayes_sigma", "measures.pacbayes_depth", ("pacbayes_flatness", "pacbayes_orig", "pacbayes_init")),
+    ("measures/pacbayes_mag_sigma", "measures.pacbayes_depth",
+     ("pacbayes_mag_flatness", "pacbayes_mag_orig", "pacbayes_mag_init")),
+    ("measures/sharpness_alpha", "measures.sharpness_depth", ("sharpness_flatness",)),
+    ("measures/sharpness_mag_alpha", "measures.sharpness_depth", ("sharpness_mag_flatness",)),
+)
+
+
+def censored_measures(metrics: dict[str, float | None], params: dict[str, str], tags: dict[str, str]) -> list[str]:
+    """The measures of a run whose flatness search ended at the top of [0, 2] (sorted): those its
+    :data:`CENSORED_TAG` names, and those whose logged scale is the last value of an all-upward search."""
+    out = {n.strip() for n in tags.get(CENSORED_TAG, "").split(",") if n.strip()}
+    for scale, depth_key, names in SEARCHES:
+        v = metrics.get(scale)
+        try:
+            depth = int(params.get(depth_key, 15))
+        except ValueError:
+            depth = 15
+        if v is not None and v >= 2.0 - 2.0 ** (1 - depth) - 1e-12:
+            out.update(names)
+    return sorted(n for n in out if n in {ms.name for ms in MEASURES})
+
+
 # described per configuration (mean ± sd over seeds) in every report, beside the gaps and accuracies
 DESCRIBED = ("lambda_max", "hessian_outliers", "surface_nonconvex_fraction", "line_barrier")
 GAPS = {"loss_gap": "test − train loss", "error_gap": "test − train error"}

@@ -158,13 +158,18 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
              "0, so a measure constant along an axis has ψ_i = 0); groups per axis in parentheses. Seeds "
              "are replicates: never an axis of Ψ, never pooled into a group.",
              "- Within each family the measures are sorted by |Ψ|. An interval that contains 0 does not support a "
-             "sign.", ""]
+             "sign.",
+             "- A flatness search (PAC-Bayes, worst case) that ended at the top of its interval [0, 2] — the "
+             "accuracy never fell by the deviation, as for a network at chance — leaves its values censored there; "
+             "they are ranked as they are (tied, as the flattest). *runs* says how many were censored.", ""]
     summary = family_summary(corr)
     for gap, what in GAPS.items():
         lines += [f"## {gap} ({what})", "", "Best measure of each family (by |Ψ|):", "",
                   "| family | measure | τ | 95% interval | Ψ |", "| --- | --- | --- | --- | --- |"]
         for b in summary[gap]["best_by_family"]:
-            lines.append(f"| {b['family']} | {b['measure']} | {_fmt(b['tau'])} | [{_fmt(b['interval'][0])}, "
+            n = corr[b["measure"]].get("at_interval_top")
+            measure = b["measure"] + (f" ({n} runs censored)" if n else "")
+            lines.append(f"| {b['family']} | {measure} | {_fmt(b['tau'])} | [{_fmt(b['interval'][0])}, "
                          f"{_fmt(b['interval'][1])}] | {_fmt(b['Psi'])} |")
         lead = summary[gap]["lead"]
         if lead:
@@ -182,7 +187,8 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
             for name in names:
                 e, g = corr[name], corr[name][gap]
                 per = " | ".join(f"{_fmt(g['axes'][a]['psi'])} ({g['axes'][a]['groups']})" for a in psi_axes)
-                lines.append(f"| {fam} | {name} | {e['runs']} | {_fmt(g['tau'])} | [{_fmt(g['interval']['low'])}, "
+                runs = f"{e['runs']}" + (f" ({e['at_interval_top']} censored)" if e.get("at_interval_top") else "")
+                lines.append(f"| {fam} | {name} | {runs} | {_fmt(g['tau'])} | [{_fmt(g['interval']['low'])}, "
                              f"{_fmt(g['interval']['high'])}] | {_fmt(g['Psi'])} | {per} |")
         lines.append("")
     table = configuration_table(rows, skipped, psi_axes)
