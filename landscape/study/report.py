@@ -168,7 +168,7 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
                   "| family | measure | τ | 95% interval | Ψ |", "| --- | --- | --- | --- | --- |"]
         for b in summary[gap]["best_by_family"]:
             n = corr[b["measure"]].get("at_interval_top")
-            measure = b["measure"] + (f" ({n} runs censored)" if n else "")
+            measure = b["measure"] + (f" ({n} run{'s' if n > 1 else ''} censored)" if n else "")
             lines.append(f"| {b['family']} | {measure} | {_fmt(b['tau'])} | [{_fmt(b['interval'][0])}, "
                          f"{_fmt(b['interval'][1])}] | {_fmt(b['Psi'])} |")
         lead = summary[gap]["lead"]
