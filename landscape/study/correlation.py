@@ -8,6 +8,8 @@
   differ only in their seed are not independent draws of the population of configurations the study asks
   about, so resampling runs would treat replicates as new evidence and narrow the interval; duplicating every
   run k times leaves this interval unchanged (τ_b is invariant to it, and so is every resample).
+* :func:`resampled_tau_b` — τ_b of many resamples at once from their draw counts (the bootstrap's inner loop;
+  equal to :func:`kendall_tau_b` on each resample bit for bit).
 * :func:`jiang_tau` — the τ of Jiang et al. 2020's eq. 3 inside one group: the mean over ordered pairs i ≠ j of
   sign(x_i − x_j)·sign(y_i − y_j) (τ_a: a tie contributes 0, so a measure constant in the group scores 0).
 * :func:`granulated` — Jiang et al. 2020's granulated coefficient (their eq. 4): for each hyperparameter axis i,
@@ -57,6 +59,25 @@ def jiang_tau(x: Sequence[float], y: Sequence[float]) -> float:
     return float(s.sum() / (n * (n - 1)))
 
 
+def resampled_tau_b(x: Sequence[float], y: Sequence[float], counts: np.ndarray) -> np.ndarray:
+    """τ_b of every resample of the runs (x_i, y_i), resample b drawing run i ``counts[b, i]`` times (NaN where
+    undefined). With S_x = sign(x_i − x_j), S_y likewise and c a row of ``counts``: C − D = ½ cᵀ(S_x∘S_y)c and
+    the pairs untied in x number ½ cᵀ|S_x|c (a run drawn twice makes a pair tied in both, as it is for
+    :func:`kendall_tau_b`); τ_b = (C − D) / √(untied in x) / √(untied in y), scipy's own final formula on the
+    same integer counts, so each value equals :func:`kendall_tau_b` of the resample bit for bit (tested), at
+    O(n²) once plus a matrix product instead of one scipy call per resample."""
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    sx, sy = np.sign(xa[:, None] - xa[None, :]), np.sign(ya[:, None] - ya[None, :])
+    c = np.asarray(counts, dtype=float)
+    con_minus_dis = ((c @ (sx * sy)) * c).sum(1) / 2  # sums of integers below 2^53: exact
+    untied_x, untied_y = ((c @ np.abs(sx)) * c).sum(1) / 2, ((c @ np.abs(sy)) * c).sum(1) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = con_minus_dis / np.sqrt(untied_x) / np.sqrt(untied_y)
+    tau = np.minimum(1.0, np.maximum(-1.0, tau))
+    tau[(untied_x == 0) | (untied_y == 0)] = np.nan
+    return tau
+
+
 def cluster_bootstrap_interval(x: Sequence[float], y: Sequence[float], clusters: Sequence[Hashable],
                                resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """Percentile interval of τ_b over ``resamples`` cluster-bootstrap samples (seeded): each sample draws as
@@ -66,21 +87,21 @@ def cluster_bootstrap_interval(x: Sequence[float], y: Sequence[float], clusters:
     for i, c in enumerate(clusters):
         members[c].append(i)
     labels = sorted(members, key=repr)  # a fixed order: the same runs give the same interval
-    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     rng = random.Random(seed)
-    values, undefined = [], 0
-    for _ in range(resamples):
-        idx = [i for _ in labels for i in members[labels[rng.randrange(len(labels))]]]
-        t = kendall_tau_b(xa[idx], ya[idx])
-        if math.isnan(t):
-            undefined += 1
-        else:
-            values.append(t)
+    draws = np.zeros((resamples, len(labels)))  # how often each sample drew each cluster
+    for b in range(resamples):
+        for _ in labels:
+            draws[b, rng.randrange(len(labels))] += 1
+    membership = np.zeros((len(labels), len(x)))
+    for c, label in enumerate(labels):
+        membership[c, members[label]] = 1
+    taus = resampled_tau_b(x, y, draws @ membership)
+    values = sorted(float(t) for t in taus if not math.isnan(t))
+    undefined = resamples - len(values)
     out: dict[str, Any] = {"resamples": resamples, "undefined": undefined, "level": level, "unit": "configuration",
                            "clusters": len(labels)}
     if not values:
         return {"low": math.nan, "high": math.nan, "mean": math.nan, **out}
-    values.sort()
     lo = values[math.floor((1 - level) / 2 * (len(values) - 1))]
     hi = values[math.ceil((1 + level) / 2 * (len(values) - 1))]
     return {"low": lo, "high": hi, "mean": statistics.fmean(values), **out}
