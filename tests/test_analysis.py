@@ -193,7 +193,9 @@ def test_the_analysis_counts_the_runs_a_flatness_search_left_censored_at_its_top
 
     top = bisection(lambda s: (0.0, {}), 0.1, 15, 0.01)  # the deviation never reached: every step moves up
     assert top[2:] == (False, True) and top[0] == 2 - 2.0**-14
-    below = 2 - 2.0**-14 - 2.0**-15  # one step down at the end: inside the interval
+    # a search that moved down once, at its 14th step: it ends inside the interval, just below the top
+    below, _, _, at_top = bisection(lambda s: (1.0 if s >= 2 - 2.0**-13 else 0.0, {}), 0.1, 15, 0.01)
+    assert not at_top and 2 - 2.0**-12 < below < top[0]
     assert {n for scale, _, names in SEARCHES if "pacbayes" in scale for n in names} == \
         {n for n in PLAIN_AT_TOP + MAG_AT_TOP if not n.endswith("sigma")}
     uri = f"sqlite:///{tmp_path / 'store.db'}"
