@@ -3,7 +3,9 @@ it analyses, the power-law exponent α of the empirical spectral density of Wᵀ
 weighted α̂ = α·log₁₀ λ_max, the stable rank ‖W‖_F²/‖W‖₂², and log norms; the summary averages over the layers.
 The package's own values are recorded (with its version and which layers it analysed: Linear and Conv2d layers,
 convolutions as the package slices them); a layer with few eigenvalues (the 10-unit output layer) gets the
-package's "small N" fit and its warning."""
+package's "small N" fit and its warning. The package's import-time notices about its SVD backend ("CUDA is not
+available … Import error, resetting to svd accurate methods": on CPU it uses SciPy's full SVD for every path) are
+silenced: they say nothing about the values."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ def _number(v: Any) -> Any:
 def weightwatcher_measures(model: nn.Module) -> dict[str, Any]:
     """``{"values": {ww_alpha, ww_alpha_weighted, …}, "layers": [...], "version": …}`` of the package on ``model``
     (its printing to stdout is captured and dropped)."""
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)  # before the import: its backend notices
     with contextlib.redirect_stdout(io.StringIO()):
         import weightwatcher as ww
 
