@@ -201,14 +201,20 @@ class SurfaceConfig(_Group):
     range: float = Field(default=1.0, gt=0, le=1000)
     split: Literal["train", "test", "probe"] = "train"
     curvature: bool = False  # λ_max, λ_min of the probe-set Hessian on a sub-grid (Li et al. Fig. 8)
-    curvature_points: int = Field(default=5, ge=2, le=201)
+    curvature_points: int = Field(default=5, ge=3, le=201)
     curvature_threshold: float = Field(default=0.1, gt=0)
 
     @model_validator(mode="after")
     def _sub_grid(self) -> SurfaceConfig:
+        for key in ("points", "curvature_points"):
+            n = getattr(self, key)
+            if n % 2 == 0:  # an even grid steps over its centre: no point at θ, and centre_loss would be off it
+                raise ValueError(f"surface.{key} = {n} is even: the grid would not contain its centre θ; allowed: "
+                                 f"an odd number, e.g. {n - 1} or {n + 1}")
         if self.curvature and self.curvature_points > self.points:
             raise ValueError(f"surface.curvature_points = {self.curvature_points} exceeds surface.points = "
-                             f"{self.points}: the curvature sub-grid is the coarser one; allowed: 2..{self.points}")
+                             f"{self.points}: the curvature sub-grid is the coarser one; allowed: odd, "
+                             f"3..{self.points}")
         return self
 
 

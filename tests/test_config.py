@@ -76,6 +76,8 @@ CASES = [
     ("track.run_name", "   ", ["track.run_name", "visible character"]),
     # the surface and connect stages
     ("surface.points", 2, ["surface.points", "greater than or equal to 3"]),
+    ("surface.points", 20, ["surface.points = 20 is even", "would not contain its centre", "e.g. 19 or 21"]),
+    ("surface.curvature_points", 4, ["surface.curvature_points = 4 is even", "an odd number"]),
     ("surface.range", 0.0, ["surface.range", "greater than 0"]),
     ("surface.normalization", "per-filter", ["surface.normalization", "'filter'", "'layer'", "'none'"]),
     ("surface.split", "val", ["surface.split", "'train'", "'test'", "'probe'"]),
