@@ -274,6 +274,8 @@ def log_pipeline(
                         metrics.append(Metric(f"measures/{k}", value, now, 0))
                 if measures.get("at_interval_top"):  # censored at the search interval's top: say which
                     client.set_tag(run_id, "landscape.measures_at_interval_top", ", ".join(measures["at_interval_top"]))
+                if measures.get("margin_negative"):  # γ is the size of a wrong margin (measures/margin_signed < 0)
+                    client.set_tag(run_id, "landscape.margin_negative", "true")
             for k, v in summary.items():
                 value = _metric_value(v)
                 if value is not None:

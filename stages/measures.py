@@ -22,7 +22,7 @@ def main() -> None:
     if record.get("skipped"):
         print(f"measures: {record['skipped']}")
         return
-    v = record["values"]
+    v, pct = record["values"], record["norms"]["margin_percentile"]
     print(f"measures: epoch {record['epoch']}: margin {v['margin']:.3g}, log prod spec {v['log_prod_spec']:.3g}"
           + (f", PAC-Bayes 1/σ² {v['pacbayes_flatness']:.3g} (magnitude-aware {v['pacbayes_mag_flatness']:.3g})"
              if "pacbayes_flatness" in v else "")
@@ -32,7 +32,10 @@ def main() -> None:
           + "; seconds: " + ", ".join(f"{k} {t:.1f}" for k, t in timings.items())
           + (f"; at the top of the search interval [0, 2] (the accuracy never fell by the deviation, so these are "
              f"censored there): {', '.join(n for n in record['at_interval_top'] if n.endswith('flatness'))}"
-             if record["at_interval_top"] else ""))
+             if record["at_interval_top"] else "")
+          + (f"; the {pct:g}th-percentile margin is {v['margin_signed']:.3g} < 0 (at least {pct:g}% of the training "
+             "set misclassified): γ is its absolute value, as in Jiang et al.'s code, the size of a wrong margin, so "
+             "the measures with γ in them are no margin bounds here" if record["margin_negative"] else ""))
 
 
 if __name__ == "__main__":

@@ -227,3 +227,41 @@ def test_the_analysis_counts_the_runs_a_flatness_search_left_censored_at_its_top
     assert "| worst-case flatness | sharpness_flatness | 8 (1 censored) |" in report
     again = reanalyze(tmp_path / "out" / "analysis.json", tmp_path / "again", resamples=50)
     assert again["correlations"] == corr
+
+
+def test_the_analysis_counts_the_runs_whose_margin_percentile_fell_on_a_misclassified_example(tmp_path):
+    """γ is the absolute value of the 10th-percentile margin (the reference code's convention). Newer runs log the
+    signed margin; for older ones a train error ≥ 10% says it was ≤ 0. Each measure with γ in it counts those
+    runs, per run and in the report; measures without γ carry no count."""
+    from mlflow.tracking import MlflowClient
+
+    from landscape.study.analysis import analyze, reanalyze
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("study", artifact_location=(tmp_path / "art").as_uri())
+    rng = random.Random(0)
+    expected = {}
+    for i in range(8):
+        # r0: signed margin logged and negative; r1: logged positive although the accuracy is low (the logged
+        # value wins); r2: older run at chance (accuracy 0.2: negative); r3: older run at exactly 10% error
+        acc = {1: 0.5, 2: 0.2, 3: 0.9}.get(i, rng.uniform(0.95, 1.0))
+        gamma = rng.uniform(0.5, 3)
+        m = {"measures/margin": gamma, "measures/inverse_margin": 1 / gamma**2,
+             "measures/log_prod_spec_over_margin": rng.uniform(5, 9), "measures/log_prod_spec": rng.uniform(5, 9),
+             "curvature/lambda_max": rng.uniform(1, 50), "loss/generalization_gap": rng.uniform(0, 0.5),
+             "accuracy/train": acc, "accuracy/test": acc - rng.uniform(0, 0.05)}
+        if i in (0, 1, 4):
+            m["measures/margin_signed"] = -gamma if i == 0 else gamma
+        expected[f"r{i}"] = i in (0, 2, 3)
+        _log_run(client, exp, f"r{i}", {"train.lr": (0.01, 0.1)[i % 2], "model.hidden": [16 * (i // 2 + 1)],
+                                         "measures.margin_percentile": 10.0}, m)
+    rec = analyze("study", tmp_path / "out", uri=uri, resamples=50, log_run=False)
+    assert {r["name"]: r["margin_negative"] for r in rec["runs"]} == expected
+    corr = rec["correlations"]
+    assert corr["inverse_margin"]["margin_negative"] == 3 and corr["log_prod_spec_over_margin"]["margin_negative"] == 3
+    assert "margin_negative" not in corr["log_prod_spec"] and "margin_negative" not in corr["lambda_max"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| norm & margin | inverse_margin | 8 (3 negative margin) |" in report
+    again = reanalyze(tmp_path / "out" / "analysis.json", tmp_path / "again", resamples=50)
+    assert again["correlations"] == corr and again["runs"] == rec["runs"]

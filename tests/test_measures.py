@@ -46,9 +46,35 @@ def test_margin_is_the_tenth_percentile_of_correct_minus_best_other_logit():
     other = z.clone()
     other[torch.arange(200), y] = -math.inf
     by_hand = np.sort((z[torch.arange(200), y] - other.max(1).values).numpy())[200 // 10 - 1]
-    v = norm_measures(model, model, x, y, percentile=10)["values"]
+    rec = norm_measures(model, model, x, y, percentile=10)
+    v = rec["values"]
     assert v["margin"] == pytest.approx(abs(by_hand), rel=1e-12)
     assert v["inverse_margin"] == pytest.approx(1 / by_hand**2, rel=1e-12)
+    # random labels: the 10th-percentile example is misclassified, its margin negative. γ is its absolute value
+    # (the reference code's convention); the signed value and the flag keep what γ alone hides
+    assert by_hand < 0 and v["margin_signed"] == pytest.approx(by_hand, rel=1e-12) and rec["margin_negative"]
+    fitted = z.argmax(1)  # labels the network gets right: every margin ≥ 0
+    rec = norm_measures(model, model, x, fitted, percentile=10)
+    assert rec["values"]["margin_signed"] > 0 and not rec["margin_negative"]
+
+
+@pytest.mark.parametrize("wrong", [0, 19, 20, 21, 120])
+def test_a_negative_margin_is_read_off_the_train_error_for_runs_logged_without_it(wrong):
+    """For runs logged before ``measures/margin_signed``: the p-th percentile margin is ≤ 0 exactly when the train
+    error is ≥ p/100 (200 examples, k = 20: 19 wrong ones leave it positive, 20 make it negative)."""
+    from landscape.study.registry import margin_negative
+
+    torch.manual_seed(2)
+    model = MLP(6, [8], "tanh", 4).double()
+    x = torch.randn(200, 6, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:wrong] = (y[:wrong] + 1) % 4  # exactly `wrong` misclassified examples
+    signed = norm_measures(model, model, x, y, percentile=10)["values"]["margin_signed"]
+    logged = {"measures/margin": abs(signed), "accuracy/train": 1 - wrong / 200}
+    assert margin_negative(logged, {"measures.margin_percentile": "10.0"}) == (signed < 0) == (wrong >= 20)
+    assert margin_negative(logged | {"measures/margin_signed": signed}, {}) == (signed < 0)
+    assert margin_negative({"accuracy/train": 0.5}, {}) is None  # no margin measures logged: not known
 
 
 def test_path_norm_of_a_tiny_relu_net_by_hand():

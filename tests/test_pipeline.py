@@ -101,8 +101,10 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
         "norm & margin", "pac-bayes", "worst-case flatness", "weight spectrum", "optimization"}
     assert measures["pacbayes"]["examples"] == 400  # at most pacbayes_examples: the whole tiny training set
     assert measures["sharpness_flatness"]["examples"] == 400
+    assert measures["margin_negative"] is (measures["values"]["margin_signed"] < 0)
+    assert measures["values"]["margin"] == abs(measures["values"]["margin_signed"])
     for name in ("log_prod_spec", "path_norm", "pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_flatness",
-                 "sharpness_mag_flatness", "ww_alpha"):
+                 "sharpness_mag_flatness", "ww_alpha", "margin_signed"):
         assert run.data.metrics[f"measures/{name}"] == pytest.approx(measures["values"][name])
     assert measures["weightwatcher"]["analysed"] == ["net.0", "net.2"]
     assert {"time/train_s", "time/probe_s", "time/download_s"} <= run.data.metrics.keys()

@@ -10,7 +10,11 @@ convolution. With σ_l = ‖W_l‖₂ (exact: ``torch.linalg.matrix_norm(ord=2)`
 initialization (epoch 0) and γ the margin:
 
 * margin γ = the ``margin_percentile``-th percentile (Jiang: 10th) over the training set of f(x)_y − max_{j≠y}
-  f(x)_j (kth value, k = ⌊m p/100⌋, as ``torch.kthvalue``), its absolute value; ``inverse_margin`` = 1/γ²;
+  f(x)_j (kth value, k = ⌊m p/100⌋, as ``torch.kthvalue``), its absolute value as the reference code takes it;
+  ``inverse_margin`` = 1/γ². The signed kth value is ``margin_signed``: it is negative when at least p% of the
+  training set is misclassified (never in Jiang's networks, all trained to cross-entropy 0.01), and then γ is
+  the size of a *wrong* margin and every measure with γ in it means nothing as a margin
+  bound; the record flags it (``margin_negative``);
 * ``log_prod_spec`` = Σ log σ_l², ``log_sum_spec`` = log d + (1/d) Σ log σ_l², each also ``…_over_margin``
   (− 2 log γ inside); ``fro_over_spec`` = Σ F_l²/σ_l²; ``log_spec_orig_main`` = log_prod_spec_over_margin +
   log fro_over_spec; ``log_spec_init_main`` = log_prod_spec_over_margin + log Σ ‖W_l − W⁰_l‖_F²/σ_l²;
@@ -121,11 +125,13 @@ def norm_measures(model: nn.Module, init: nn.Module, x: torch.Tensor, y: torch.T
     dist_spec = torch.stack([torch.linalg.matrix_norm(m, ord=2) ** 2 for m in diff])
     marg = margins(model, x, y, batch_size)
     k = max(1, int(len(marg) * percentile / 100))
-    gamma = float(marg.kthvalue(k).values.abs())
+    signed = float(marg.kthvalue(k).values)
+    gamma = abs(signed)
     lps, lpf = float(spec.log().sum()), float(fro.log().sum())
     log_g2 = 2 * math.log(gamma) if gamma > 0 else math.nan
     out = {
         "margin": gamma,
+        "margin_signed": signed,
         "inverse_margin": 1 / gamma**2 if gamma > 0 else math.nan,
         "log_prod_spec": lps,
         "log_prod_spec_over_margin": lps - log_g2,
@@ -151,4 +157,4 @@ def norm_measures(model: nn.Module, init: nn.Module, x: torch.Tensor, y: torch.T
     layers = [{"name": name, "shape": list(m.shape), "spectral_norm": float(math.sqrt(s)),
                "frobenius_norm": float(math.sqrt(f))} for (name, m), s, f in zip(w, spec, fro, strict=True)]
     return {"values": out, "layers": layers, "margin_percentile": percentile, "margin_k": k,
-            "examples": len(marg)}
+            "examples": len(marg), "margin_negative": signed < 0}

@@ -89,5 +89,7 @@ def measure_run(ckpt_dir: str | Path, data_root: str | Path, history: dict[str, 
     # values censored at the top of a search's interval (the accuracy never fell by the deviation, e.g. at chance)
     record["at_interval_top"] = [name for key in ("pacbayes", "sharpness_flatness") if record.get(key)
                                  for name in record[key]["at_interval_top"]]
+    # the margin percentile's example is misclassified: γ = |a wrong margin| (as the reference code), flagged
+    record["margin_negative"] = bool(record["norms"]["margin_negative"])
     log.info("measures at epoch %d: %s", epoch, ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
     return record, timings

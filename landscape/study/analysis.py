@@ -14,7 +14,9 @@ gap (test − train loss; test − train error), and reports for every measure a
 
 A flatness search that ended at the top of its interval (a network at chance) leaves its values censored there:
 they enter the ranks as they are (tied, at the flat end), and each such measure says how many of its runs were
-censored (``at_interval_top``; each run lists its own).
+censored (``at_interval_top``; each run lists its own). Likewise each measure with the margin γ in it says in how
+many runs the margin percentile fell on a misclassified example (``margin_negative``: γ is then the size of a wrong
+margin, as the reference code takes it).
 
 Writes ``report.md``, ``analysis.json`` and figures, and logs them as an MLflow run in the same experiment (tag
 ``landscape.analysis``) that names the runs it used.
@@ -32,7 +34,7 @@ from typing import Any
 from landscape.errors import InputError, LandscapeError
 from landscape.io import write_json
 from landscape.study.correlation import cluster_bootstrap_interval, granulated, kendall_tau_b
-from landscape.study.registry import GAPS, MEASURES, SEARCHES, censored_measures
+from landscape.study.registry import GAPS, MARGIN_MEASURES, MEASURES, SEARCHES, censored_measures, margin_negative
 from landscape.study.report import (  # noqa: F401 - family_summary, _natural re-exported
     _natural,
     axis_effects,
@@ -58,6 +60,7 @@ class RunRow:
     end_time: int = 0
     extra: dict[str, float] = field(default_factory=dict)  # accuracies: described per configuration, not ranked
     censored: list[str] | None = None  # measures censored at a flatness search's top (None: not known)
+    margin_negative: bool | None = None  # the margin percentile fell on a misclassified example (None: not known)
 
 
 def _number(v: Any) -> float | None:
@@ -110,7 +113,7 @@ def collect(client: Any, experiment_id: str, min_train_accuracy: float | None = 
                            {"loss_gap": m["loss/generalization_gap"], "error_gap": train_acc - test_acc},
                            end_time=run.info.end_time or 0,
                            extra={"train_accuracy": train_acc, "test_accuracy": test_acc},
-                           censored=censored_measures(m, params, tags)))
+                           censored=censored_measures(m, params, tags), margin_negative=margin_negative(m, params)))
     rows, superseded = one_per_configuration(rows)
     skipped += superseded
     rows.sort(key=lambda r: r.name)
@@ -157,6 +160,8 @@ def correlations(rows: list[RunRow], axes: list[str], resamples: int = 2000, see
                                  "configurations": len(set(clusters))}
         if ms.name in CENSORABLE and all(r.censored is not None for r in usable):
             entry["at_interval_top"] = sum(ms.name in r.censored for r in usable)  # tied at the flat end
+        if ms.name in MARGIN_MEASURES and all(r.margin_negative is not None for r in usable):
+            entry["margin_negative"] = sum(bool(r.margin_negative) for r in usable)  # γ = |a wrong margin|
         for gap in GAPS:
             y = [r.gaps[gap] for r in usable]
             entry[gap] = {"tau": kendall_tau_b(x, y),
@@ -233,7 +238,9 @@ def build_record(experiment: str, experiment_id: str | None, rows: list[RunRow],
               "psi": "Jiang et al. 2020: groups hold every other coordinate fixed, seeds included",
               "runs": [{"run_id": r.run_id, "name": r.name, "axes": {a: r.params.get(a) for a in axes},
                         "measures": r.measures, "gaps": r.gaps}
-                       | ({"at_interval_top": r.censored} if r.censored is not None else {}) for r in rows],
+                       | ({"at_interval_top": r.censored} if r.censored is not None else {})
+                       | ({"margin_negative": r.margin_negative} if r.margin_negative is not None else {})
+                       for r in rows],
               "skipped": [{k: v for k, v in s.items() if k != "params"}
                           | {"axes": {a: s.get("params", {}).get(a) for a in axes}} for s in skipped],
               "correlations": corr, "families": family_summary(corr),
@@ -261,8 +268,8 @@ def reanalyze(path: Path, out_dir: Path, resamples: int = 2000, seed: int = 0) -
     from landscape.io import read_json
 
     old = read_json(path)
-    rows = [RunRow(r["run_id"], r["name"], dict(r["axes"]), r["measures"], r["gaps"], censored=r.get("at_interval_top"))
-            for r in old["runs"]]
+    rows = [RunRow(r["run_id"], r["name"], dict(r["axes"]), r["measures"], r["gaps"], censored=r.get("at_interval_top"),
+                   margin_negative=r.get("margin_negative")) for r in old["runs"]]
     if len(rows) < MIN_RUNS:
         raise InputError(f"{path} records {len(rows)} run(s); a rank correlation needs at least {MIN_RUNS}")
     record, corr, axes = build_record(old["experiment"], old.get("experiment_id"), rows, old.get("skipped", []),

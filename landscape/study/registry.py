@@ -118,6 +118,31 @@ def censored_measures(metrics: dict[str, float | None], params: dict[str, str], 
     return sorted(n for n in out if n in {ms.name for ms in MEASURES})
 
 
+# The measures with the margin γ in them. γ is the absolute value of the p-th percentile margin (as the reference
+# code): where that margin is negative (at least p% of the training set misclassified) γ is the size of a wrong
+# margin and these measures are no margin measures. Newer runs log the signed margin (measures/margin_signed);
+# for older ones it is read off the train accuracy: the p-th percentile margin is ≤ 0 iff train error ≥ p/100.
+MARGIN_MEASURES = ("inverse_margin", "log_prod_spec_over_margin", "log_sum_spec_over_margin",
+                   "log_prod_fro_over_margin", "log_sum_fro_over_margin", "log_spec_orig_main", "log_spec_init_main",
+                   "path_norm_over_margin")
+
+
+def margin_negative(metrics: dict[str, float | None], params: dict[str, str]) -> bool | None:
+    """Whether the run's margin percentile fell on a misclassified example (None: no margin measures logged)."""
+    if metrics.get("measures/margin") is None:
+        return None
+    if metrics.get("measures/margin_signed") is not None:
+        return metrics["measures/margin_signed"] < 0
+    acc = metrics.get("accuracy/train")
+    if acc is None:
+        return None
+    try:
+        p = float(params.get("measures.margin_percentile", 10.0))
+    except ValueError:
+        return None
+    return 1.0 - acc >= p / 100.0 - 1e-9  # accuracies are multiples of 1/m: 1e-9 only absorbs float rounding
+
+
 # described per configuration (mean ± sd over seeds) in every report, beside the gaps and accuracies
 DESCRIBED = ("lambda_max", "hessian_outliers", "surface_nonconvex_fraction", "line_barrier")
 GAPS = {"loss_gap": "test − train loss", "error_gap": "test − train error"}

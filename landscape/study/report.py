@@ -161,14 +161,19 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
              "sign.",
              "- A flatness search (PAC-Bayes, worst case) that ended at the top of its interval [0, 2] — the "
              "accuracy never fell by the deviation, as for a network at chance — leaves its values censored there; "
-             "they are ranked as they are (tied, as the flattest). *runs* says how many were censored.", ""]
+             "they are ranked as they are (tied, as the flattest). *runs* says how many were censored.",
+             "- The margin γ is the absolute value of the 10th-percentile output margin (as Jiang et al.'s code). "
+             "Where that margin is negative (at least 10% of the training set misclassified) γ is the size of a "
+             "wrong margin, and the measures with γ in them are no margin measures there; *runs* says how many "
+             "had a negative margin.", ""]
     summary = family_summary(corr)
     for gap, what in GAPS.items():
         lines += [f"## {gap} ({what})", "", "Best measure of each family (by |Ψ|):", "",
                   "| family | measure | τ | 95% interval | Ψ |", "| --- | --- | --- | --- | --- |"]
         for b in summary[gap]["best_by_family"]:
-            n = corr[b["measure"]].get("at_interval_top")
-            measure = b["measure"] + (f" ({n} run{'s' if n > 1 else ''} censored)" if n else "")
+            n, neg = corr[b["measure"]].get("at_interval_top"), corr[b["measure"]].get("margin_negative")
+            measure = b["measure"] + (f" ({n} run{'s' if n > 1 else ''} censored)" if n else "") + (
+                f" ({neg} run{'s' if neg > 1 else ''} with a negative margin)" if neg else "")
             lines.append(f"| {b['family']} | {measure} | {_fmt(b['tau'])} | [{_fmt(b['interval'][0])}, "
                          f"{_fmt(b['interval'][1])}] | {_fmt(b['Psi'])} |")
         lead = summary[gap]["lead"]
@@ -187,7 +192,8 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
             for name in names:
                 e, g = corr[name], corr[name][gap]
                 per = " | ".join(f"{_fmt(g['axes'][a]['psi'])} ({g['axes'][a]['groups']})" for a in psi_axes)
-                runs = f"{e['runs']}" + (f" ({e['at_interval_top']} censored)" if e.get("at_interval_top") else "")
+                runs = f"{e['runs']}" + (f" ({e['at_interval_top']} censored)" if e.get("at_interval_top") else "") + (
+                    f" ({e['margin_negative']} negative margin)" if e.get("margin_negative") else "")
                 lines.append(f"| {fam} | {name} | {runs} | {_fmt(g['tau'])} | [{_fmt(g['interval']['low'])}, "
                              f"{_fmt(g['interval']['high'])}] | {_fmt(g['Psi'])} | {per} |")
         lines.append("")
