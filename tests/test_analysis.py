@@ -265,3 +265,32 @@ def test_the_analysis_counts_the_runs_whose_margin_percentile_fell_on_a_misclass
     assert "| norm & margin | inverse_margin | 8 (3 negative margin) |" in report
     again = reanalyze(tmp_path / "out" / "analysis.json", tmp_path / "again", resamples=50)
     assert again["correlations"] == corr and again["runs"] == rec["runs"]
+
+
+def test_a_measure_some_runs_lack_is_ranked_over_the_others_and_says_how_many_of_all(tmp_path):
+    """#steps is null where the train loss never fell below its threshold (right-censored at budgets that differ
+    with the batch size): those runs are left out of its row, never dropped from the others, and the row says
+    '6 of 8'."""
+    from mlflow.tracking import MlflowClient
+
+    from landscape.study.analysis import analyze
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("study", artifact_location=(tmp_path / "art").as_uri())
+    rng = random.Random(1)
+    for i in range(8):
+        m = {"curvature/lambda_max": rng.uniform(1, 50), "loss/generalization_gap": rng.uniform(0, 0.5),
+             "accuracy/train": rng.uniform(0.9, 1.0), "accuracy/test": rng.uniform(0.8, 0.9)}
+        if i not in (2, 5):
+            m["measures/steps_to_loss"] = rng.randint(100, 5000)
+        _log_run(client, exp, f"r{i}", {"train.lr": (0.01, 0.1)[i % 2], "model.hidden": [16 * (i // 2 + 1)]}, m)
+    rec = analyze("study", tmp_path / "out", uri=uri, resamples=50, log_run=False)
+    corr = rec["correlations"]
+    assert corr["steps_to_loss"]["runs"] == 6 and corr["steps_to_loss"]["without_value"] == 2
+    assert corr["lambda_max"]["runs"] == 8 and "without_value" not in corr["lambda_max"]
+    kept = [r for r in rec["runs"] if r["measures"]["steps_to_loss"] is not None]
+    assert corr["steps_to_loss"]["loss_gap"]["tau"] == pytest.approx(scipy.stats.kendalltau(
+        [r["measures"]["steps_to_loss"] for r in kept], [r["gaps"]["loss_gap"] for r in kept]).statistic, abs=1e-12)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| optimization | steps_to_loss | 6 of 8 |" in report and "| curvature | lambda_max | 8 |" in report

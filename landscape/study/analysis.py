@@ -14,7 +14,10 @@ gap (test − train loss; test − train error), and reports for every measure a
 
 A flatness search that ended at the top of its interval (a network at chance) leaves its values censored there:
 they enter the ranks as they are (tied, at the flat end), and each such measure says how many of its runs were
-censored (``at_interval_top``; each run lists its own). Likewise each measure with the margin γ in it says in how
+censored (``at_interval_top``; each run lists its own). A measure that some runs have no value for (#steps where
+the train loss never fell below its threshold: right-censored at different step budgets, so not rankable; a
+barrier whose copy diverged) is ranked over the runs that have it, and says how many had none
+(``without_value``). Likewise each measure with the margin γ in it says in how
 many runs the margin percentile fell on a misclassified example (``margin_negative``: γ is then the size of a wrong
 margin, as the reference code takes it).
 
@@ -158,6 +161,8 @@ def correlations(rows: list[RunRow], axes: list[str], resamples: int = 2000, see
         clusters = [tuple(r.params.get(a) for a in psi_axes) for r in usable]
         entry: dict[str, Any] = {"what": ms.what, "family": ms.family, "runs": len(usable),
                                  "configurations": len(set(clusters))}
+        if len(usable) < len(rows):  # e.g. #steps never reached (right-censored), a copy that diverged: left out
+            entry["without_value"] = len(rows) - len(usable)
         if ms.name in CENSORABLE and all(r.censored is not None for r in usable):
             entry["at_interval_top"] = sum(ms.name in r.censored for r in usable)  # tied at the flat end
         if ms.name in MARGIN_MEASURES and all(r.margin_negative is not None for r in usable):

@@ -165,15 +165,21 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
              "- The margin γ is the absolute value of the 10th-percentile output margin (as Jiang et al.'s code). "
              "Where that margin is negative (at least 10% of the training set misclassified) γ is the size of a "
              "wrong margin, and the measures with γ in them are no margin measures there; *runs* says how many "
-             "had a negative margin.", ""]
+             "had a negative margin.",
+             "- A measure some runs have no value for (#steps where the train loss never fell below its threshold: "
+             "right-censored at step budgets that differ with the batch size, so not rankable; a barrier whose copy "
+             "diverged) is ranked over the runs that have it; *runs* says how many of all.", ""]
     summary = family_summary(corr)
     for gap, what in GAPS.items():
         lines += [f"## {gap} ({what})", "", "Best measure of each family (by |Ψ|):", "",
                   "| family | measure | τ | 95% interval | Ψ |", "| --- | --- | --- | --- | --- |"]
         for b in summary[gap]["best_by_family"]:
-            n, neg = corr[b["measure"]].get("at_interval_top"), corr[b["measure"]].get("margin_negative")
-            measure = b["measure"] + (f" ({n} run{'s' if n > 1 else ''} censored)" if n else "") + (
-                f" ({neg} run{'s' if neg > 1 else ''} with a negative margin)" if neg else "")
+            e = corr[b["measure"]]
+            n, neg, short = e.get("at_interval_top"), e.get("margin_negative"), e.get("without_value")
+            notes = ([f"{e['runs']} of {e['runs'] + short} runs"] if short else []) + (
+                [f"{n} run{'s' if n > 1 else ''} censored"] if n else []) + (
+                [f"{neg} run{'s' if neg > 1 else ''} with a negative margin"] if neg else [])
+            measure = b["measure"] + "".join(f" ({t})" for t in notes)
             lines.append(f"| {b['family']} | {measure} | {_fmt(b['tau'])} | [{_fmt(b['interval'][0])}, "
                          f"{_fmt(b['interval'][1])}] | {_fmt(b['Psi'])} |")
         lead = summary[gap]["lead"]
@@ -192,8 +198,9 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
             for name in names:
                 e, g = corr[name], corr[name][gap]
                 per = " | ".join(f"{_fmt(g['axes'][a]['psi'])} ({g['axes'][a]['groups']})" for a in psi_axes)
-                runs = f"{e['runs']}" + (f" ({e['at_interval_top']} censored)" if e.get("at_interval_top") else "") + (
-                    f" ({e['margin_negative']} negative margin)" if e.get("margin_negative") else "")
+                runs = (f"{e['runs']}" + (f" of {e['runs'] + e['without_value']}" if e.get("without_value") else "")
+                        + (f" ({e['at_interval_top']} censored)" if e.get("at_interval_top") else "")
+                        + (f" ({e['margin_negative']} negative margin)" if e.get("margin_negative") else ""))
                 lines.append(f"| {fam} | {name} | {runs} | {_fmt(g['tau'])} | [{_fmt(g['interval']['low'])}, "
                              f"{_fmt(g['interval']['high'])}] | {_fmt(g['Psi'])} | {per} |")
         lines.append("")
