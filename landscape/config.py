@@ -184,6 +184,11 @@ class InterpolateConfig(_Group):
             raise ValueError(f"interpolate.alpha_min = {self.alpha_min}: must be <= 0 (the path starts at alpha = 0)")
         if self.alpha_max < 1.0:
             raise ValueError(f"interpolate.alpha_max = {self.alpha_max}: must be >= 1 (the path ends at alpha = 1)")
+        step = (self.alpha_max - self.alpha_min) / (self.points - 1)
+        if not any(0.0 < round(self.alpha_min + i * step, 12) < 1.0 for i in range(self.points)):
+            raise ValueError(f"interpolate.points = {self.points} over [{self.alpha_min}, {self.alpha_max}] puts no "
+                             "point strictly between the two checkpoints, so the barrier would be 0 by construction; "
+                             "allowed: more points (3 or more over [0, 1])")
         return self
 
 

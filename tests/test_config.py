@@ -61,6 +61,8 @@ CASES = [
     ("interpolate.start_epoch", 10, ["interpolate.start_epoch", "equals interpolate.end_epoch"]),
     ("interpolate.alpha_min", 0.5, ["interpolate.alpha_min", "<= 0"]),
     ("interpolate.points", 1, ["interpolate.points", "greater than or equal to 2"]),
+    ("interpolate.points", 2, ["interpolate.points = 2 over [0.0, 1.0]", "no point strictly between",
+                               "0 by construction"]),
     ("plot.style", "seaborn-fancy", ["plot.style", "'ggplot'"]),
     ("train.learning_rate", 0.1, ["unknown key 'train.learning_rate'", "did you mean 'train.lr'", "allowed keys"]),
     ("probe.sharpnes_radius", 0.1, ["unknown key", "did you mean 'probe.sharpness_radius'"]),
