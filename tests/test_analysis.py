@@ -20,14 +20,19 @@ def _log_run(client, exp, name, params, metrics, tags=None, status="FINISHED"):
     return run.info.run_id
 
 
-def _store_with_runs(tmp_path, n=8, seed=0, seeds=(0,)):
-    """A real SQLite MLflow store holding n configurations × len(seeds) training runs logged as the track stage
-    logs them, plus one diverged and one unfinished run (skipped), for analysis tests that need no pipeline."""
+def _empty_store(tmp_path):
+    """A real SQLite MLflow store with one empty experiment 'study': (uri, client, experiment id)."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     client = MlflowClient(uri)
-    exp = client.create_experiment("study", artifact_location=(tmp_path / "art").as_uri())
+    return uri, client, client.create_experiment("study", artifact_location=(tmp_path / "art").as_uri())
+
+
+def _store_with_runs(tmp_path, n=8, seed=0, seeds=(0,)):
+    """A real SQLite MLflow store holding n configurations × len(seeds) training runs logged as the track stage
+    logs them, plus one diverged and one unfinished run (skipped), for analysis tests that need no pipeline."""
+    uri, client, exp = _empty_store(tmp_path)
     rng = random.Random(seed)
     logged = []
     for i in range(n):
@@ -185,8 +190,6 @@ def test_the_analysis_counts_the_runs_a_flatness_search_left_censored_at_its_top
     runs say so in a tag; older ones only by their logged scale, the last value of an all-upward search
     (2 − 2^(1−depth)). Each censored measure counts its censored runs, per run and in the report; a scale just
     below the top (a search that moved down once) is not censored."""
-    from mlflow.tracking import MlflowClient
-
     from landscape.measures.pacbayes import MAG_AT_TOP, PLAIN_AT_TOP, bisection
     from landscape.study.analysis import analyze, reanalyze
     from landscape.study.registry import SEARCHES
@@ -198,9 +201,7 @@ def test_the_analysis_counts_the_runs_a_flatness_search_left_censored_at_its_top
     assert not at_top and 2 - 2.0**-12 < below < top[0]
     assert {n for scale, _, names in SEARCHES if "pacbayes" in scale for n in names} == \
         {n for n in PLAIN_AT_TOP + MAG_AT_TOP if not n.endswith("sigma")}
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("study", artifact_location=(tmp_path / "art").as_uri())
+    uri, client, exp = _empty_store(tmp_path)
     rng = random.Random(0)
     expected = {}
     for i in range(8):
@@ -233,13 +234,9 @@ def test_the_analysis_counts_the_runs_whose_margin_percentile_fell_on_a_misclass
     """γ is the absolute value of the 10th-percentile margin (the reference code's convention). Newer runs log the
     signed margin; for older ones a train error ≥ 10% says it was ≤ 0. Each measure with γ in it counts those
     runs, per run and in the report; measures without γ carry no count."""
-    from mlflow.tracking import MlflowClient
-
     from landscape.study.analysis import analyze, reanalyze
 
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("study", artifact_location=(tmp_path / "art").as_uri())
+    uri, client, exp = _empty_store(tmp_path)
     rng = random.Random(0)
     expected = {}
     for i in range(8):
@@ -271,13 +268,9 @@ def test_a_measure_some_runs_lack_is_ranked_over_the_others_and_says_how_many_of
     """#steps is null where the train loss never fell below its threshold (right-censored at budgets that differ
     with the batch size): those runs are left out of its row, never dropped from the others, and the row says
     '6 of 8'."""
-    from mlflow.tracking import MlflowClient
-
     from landscape.study.analysis import analyze
 
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("study", artifact_location=(tmp_path / "art").as_uri())
+    uri, client, exp = _empty_store(tmp_path)
     rng = random.Random(1)
     for i in range(8):
         m = {"curvature/lambda_max": rng.uniform(1, 50), "loss/generalization_gap": rng.uniform(0, 0.5),
