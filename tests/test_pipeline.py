@@ -103,6 +103,8 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     assert measures["sharpness_flatness"]["examples"] == 400
     assert measures["margin_negative"] is (measures["values"]["margin_signed"] < 0)
     assert measures["values"]["margin"] == abs(measures["values"]["margin_signed"])
+    # the tiny run misclassifies more than 10% of its training set: the flag, the tag and the metric agree
+    assert measures["margin_negative"] and run.data.tags.get("landscape.margin_negative") == "true"
     for name in ("log_prod_spec", "path_norm", "pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_flatness",
                  "sharpness_mag_flatness", "ww_alpha", "margin_signed"):
         assert run.data.metrics[f"measures/{name}"] == pytest.approx(measures["values"][name])
