@@ -151,6 +151,9 @@ def test_pipeline_end_to_end(project, monkeypatch, tmp_path):
     assert reproduce(project, monkeypatch) == ["surface", "plot", "track"]
     hess = json.loads((project / "reports/surface.json").read_text())["plane"]
     assert hess["kind"] == "hessian" and hess["eigenvalues"] == pytest.approx(metrics[-1]["lambda_top"], rel=1e-3)
+    summary = json.loads((project / "reports/surface_summary.json").read_text())  # the DVC metric shows them
+    assert [summary["lambda_1"], summary["lambda_2"]] == hess["eigenvalues"]
+    assert summary["eigenvectors_converged"] == all(hess["converged"])
     run_id = json.loads((project / "reports/mlflow_run.json").read_text())["run_id"]
     assert client.get_run(run_id).data.metrics["summary/surface/lambda_1"] == pytest.approx(hess["eigenvalues"][0])
     set_params(project, {"surface": {"directions": "random"}})  # back: the surface is restored from the run-cache

@@ -162,8 +162,8 @@ def _curvature(model: nn.Module, delta: torch.Tensor, eta: torch.Tensor, ex: flo
 
 
 def surface_summary(record: dict[str, Any]) -> dict[str, Any]:
-    """The DVC metrics file ``reports/surface_summary.json``: what defines the plane, and the curvature map's
-    scalar summary when there is one."""
+    """The DVC metrics file ``reports/surface_summary.json``: what defines the plane (a PCA plane's explained
+    variance, a Hessian plane's eigenvalues), and the curvature map's scalar summary when there is one."""
     if not record.get("enabled", True) or "loss" not in record:
         return {"enabled": False}
     out: dict[str, Any] = {"directions": record.get("directions", "random"), "epoch": record["epoch"],
@@ -172,6 +172,9 @@ def surface_summary(record: dict[str, Any]) -> dict[str, Any]:
     plane = record.get("plane") or {}
     if plane.get("kind") == "pca":
         out["explained_variance"] = sum(plane["explained_variance"])
+    elif plane.get("kind") == "hessian":  # the plane's two eigenvalues, and whether Lanczos converged to them
+        out.update({f"lambda_{i + 1}": v for i, v in enumerate(plane["eigenvalues"])})
+        out["eigenvectors_converged"] = bool(all(plane["converged"]))
     if "curvature" in record:
         c = record["curvature"]
         out.update({"nonconvex_fraction": c["nonconvex_fraction"], "curvature_threshold": c["threshold"],

@@ -4,6 +4,7 @@ connectivity (the line, and the Bézier curve if trained, between two copies fro
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def surface_title(surface: dict[str, Any]) -> str:
     plane = surface.get("plane") or {"kind": "random"}
     if plane["kind"] == "pca":
         v1, v2 = plane["explained_variance"]
-        return f"Loss surface on the trajectory's PCA plane ({100 * v1:.0f}% + {100 * v2:.0f}% of its variance)"
+        return f"Loss on the trajectory's PCA plane ({100 * v1:.0f}% + {100 * v2:.0f}% of its variance)"
     if plane["kind"] == "hessian":
         l1, l2 = plane["eigenvalues"]
         flag = "" if all(plane["converged"]) else ", not converged"
@@ -38,13 +39,16 @@ def surface_title(surface: dict[str, Any]) -> str:
     return f"Loss surface, {surface['normalization']}-normalized random directions (seed {surface['seed']})"
 
 
-def path_figures(surface: dict[str, Any], connect: dict[str, Any], data: str, cfg: PlotConfig,
-                 out_dir: Path) -> list[Path]:
-    """Write the surface and connectivity figures (a note where a stage is off or had nothing to draw)."""
-    size = (cfg.width, cfg.height)
-    paths = [out_dir / f"{name}.png" for name in PATH_FIGURES]
+def _extent_ratio(x: np.ndarray, y: np.ndarray) -> float:
+    """The larger over the smaller of the grid's two extents (1 for a square grid)."""
+    wx, wy = float(np.ptp(x)), float(np.ptp(y))
+    return max(wx, wy) / min(wx, wy) if min(wx, wy) > 0 else math.inf
+
+
+def contour_figure(surface: dict[str, Any], data: str, cfg: PlotConfig) -> plt.Figure:
+    """The surface's filled contour with the checkpoint (and, on a PCA plane, the projected path) marked."""
+    fig, ax = plt.subplots(figsize=(cfg.width, cfg.width * 0.85))
     on = surface.get("enabled", True) and "loss" in surface
-    fig, ax = plt.subplots(figsize=(size[0], size[0] * 0.85))
     if on:
         x, y, z = np.array(surface["x"]), np.array(surface["y"]), np.array(surface["loss"], dtype=float)
         finite = z[np.isfinite(z)]
@@ -61,25 +65,40 @@ def path_figures(surface: dict[str, Any], connect: dict[str, Any], data: str, cf
             for p in (tr[0], tr[len(tr) // 2]):
                 ax.annotate(f"epoch {p['epoch']}", (p["x"], p["y"]), color="white", fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
+        # one scale on both axes unless the plane is far from square (a PCA plane spans the path: 23 × 5 on
+        # the default run), where equal scales would draw a thin strip
+        square = _extent_ratio(x, y) <= 2
+        ax.set_aspect("equal" if square else "auto")
+        scale = "" if square else ", not to the scale of x"
         ax.set_xlabel(r"$x$ (along $\delta$)")
-        ax.set_ylabel(r"$y$ (along $\eta$)")
-        ax.set_aspect("equal")
+        ax.set_ylabel(rf"$y$ (along $\eta${scale})")
         ax.legend(loc="upper right", fontsize=8)
-        title(ax, surface_title(surface), data)
+        title(ax, textwrap.fill(surface_title(surface), 66), data)
     else:
         _note(ax, "no surface: surface.enabled is false")
-    save(fig, paths[0], cfg)
+    return fig
+
+
+def path_figures(surface: dict[str, Any], connect: dict[str, Any], data: str, cfg: PlotConfig,
+                 out_dir: Path) -> list[Path]:
+    """Write the surface and connectivity figures (a note where a stage is off or had nothing to draw)."""
+    size = (cfg.width, cfg.height)
+    paths = [out_dir / f"{name}.png" for name in PATH_FIGURES]
+    on = surface.get("enabled", True) and "loss" in surface
+    save(contour_figure(surface, data, cfg), paths[0], cfg)
 
     fig = plt.figure(figsize=size)
     ax3 = fig.add_subplot(projection="3d")
     if on:
+        x, y, z = np.array(surface["x"]), np.array(surface["y"]), np.array(surface["loss"], dtype=float)
         X, Y = np.meshgrid(x, y)
         ax3.plot_surface(X, Y, np.clip(z, None, np.nanquantile(z, 0.99)), cmap="viridis", linewidth=0,
                          antialiased=True)
         ax3.set_xlabel("x")
         ax3.set_ylabel("y")
         ax3.set_zlabel(f"{surface['split']} loss")
-        ax3.set_title(f"{surface_title(surface)}, epoch {surface['epoch']}\n{data}", fontsize=9)
+        head = textwrap.fill(f"{surface_title(surface)}, epoch {surface['epoch']}", 70)
+        ax3.set_title(f"{head}\n{data}", fontsize=9)
     else:
         ax3.set_title("no surface: surface.enabled is false", fontsize=10)
     save(fig, paths[1], cfg)
@@ -138,5 +157,5 @@ def curvature_figure(surface: dict[str, Any], data: str, cfg: PlotConfig, path: 
     axes[1].set_title(f"{100 * curv['nonconvex_fraction']:.0f}% of {ratio.size} points above "
                       f"{curv['threshold']:g}" + ("" if curv["all_converged"] else " (some not converged)"),
                       fontsize=9)
-    title(axes[0], surface_title(surface), data)
+    title(axes[0], textwrap.fill(surface_title(surface), 66), data)
     save(fig, path, cfg)
