@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,16 @@ def _metric_value(v: Any) -> float | None:
 
 def readable_run_name(flat_params: dict[str, Any], defaults: dict[str, Any], dataset: dict[str, Any]) -> str:
     """The data actually used (``mnist offline 4000/1000``), then the params that differ from the defaults
-    (``lr=0.1 hidden=[64]``, or ``defaults``); the same for the same pipeline state."""
+    (``lr=0.1 hidden=[64]``, or ``defaults``); the same for the same pipeline state. A key is named by its
+    last part unless another group has a key of that name (``train.seed=1``, ``surface.points=5``)."""
     skip = {"track.experiment", "track.run_name"}
-    diffs = [f"{k.split('.', 1)[1]}={_short(v)}" for k, v in flat_params.items()
-             if k not in skip and defaults.get(k) != v]
+    leaves = Counter(k.split(".", 1)[1] for k in {*flat_params, *defaults})
+
+    def label(key: str) -> str:
+        leaf = key.split(".", 1)[1]
+        return leaf if leaves[leaf] == 1 else key
+
+    diffs = [f"{label(k)}={_short(v)}" for k, v in flat_params.items() if k not in skip and defaults.get(k) != v]
     data = f"{dataset.get('dataset', '?')} {dataset.get('source_used', '?')} " \
            f"{dataset['train']['count']}/{dataset['test']['count']}"
     return f"{data} · {' '.join(diffs) if diffs else 'defaults'}"[:250]

@@ -67,3 +67,17 @@ def test_locked_floats_written_without_a_dot_still_compare_equal(tmp_path):
     assert rerun_of_locked_state("train", tmp_path / "dvc.lock", tmp_path / "params.yaml")
     (tmp_path / "params.yaml").write_text("train:\n  adam_eps: 1.0e-7\n  lr: 0.05\n")
     assert not rerun_of_locked_state("train", tmp_path / "dvc.lock", tmp_path / "params.yaml")
+
+
+def test_run_names_qualify_a_key_whose_name_another_group_also_has():
+    """``seed=1`` could be the data, train, probe or surface seed; a run name says which (``train.seed=1``) and
+    keeps the short name where it is unambiguous (``lr=0.1``)."""
+    from landscape.run_metrics import readable_run_name
+
+    defaults = {"train.seed": 0, "data.seed": 0, "train.lr": 0.05, "surface.points": 21, "interpolate.points": 21,
+                "track.run_name": None}
+    params = {**defaults, "train.seed": 1, "train.lr": 0.1, "surface.points": 5, "track.run_name": None}
+    dataset = {"dataset": "mnist", "source_used": "offline", "train": {"count": 400}, "test": {"count": 200}}
+    assert readable_run_name(params, defaults, dataset) == \
+        "mnist offline 400/200 · train.seed=1 lr=0.1 surface.points=5"
+    assert readable_run_name(defaults, defaults, dataset) == "mnist offline 400/200 · defaults"
