@@ -21,14 +21,19 @@ def main() -> None:
     write_json("reports/surface.json", record)
     summary = surface_summary(record)
     write_json("reports/surface_summary.json", summary)
+    plane = record.get("plane") or {}
+    defined = (f": {plane['explained_variance'][0]:.1%} + {plane['explained_variance'][1]:.1%} of the path's variance"
+               if plane.get("kind") == "pca" else
+               f": λ₁ = {plane['eigenvalues'][0]:.4g}, λ₂ = {plane['eigenvalues'][1]:.4g}"
+               if plane.get("kind") == "hessian" else "")
     print(f"surface: {inp.points}x{inp.points} grid around epoch {record['epoch']} on the {inp.split} split "
-          f"({record['samples']} examples, {inp.directions} plane, {record['evaluation']} evaluation)"
+          f"({record['samples']} examples, {inp.directions} plane{defined}, {record['evaluation']} evaluation)"
           + (f"; |λ_min/λ_max| > {summary['curvature_threshold']} at {summary['nonconvex_fraction']:.0%} of "
              f"{summary['curvature_points']} points" + (
                  f" (λ_max and λ_min converged at {summary['curvature_converged_fraction']:.0%} of them; elsewhere a "
                  "negative λ_min can be underestimated in size)" if not summary["curvature_all_converged"] else "")
              if "nonconvex_fraction" in summary else "")
-          + (f"; {record['plane']['note']}" if (record.get("plane") or {}).get("note") else ""))
+          + (f"; {plane['note']}" if plane.get("note") else ""))
 
 
 if __name__ == "__main__":
