@@ -19,6 +19,9 @@ def main() -> None:
                    device=env["device"])
     write_json("reports/train_history.json", {**result, **env})
     state = f"diverged in epoch {result['diverged_epoch']}" if result["diverged"] else "finished"
+    finite = [h for h in result["history"] if not h["diverged"]]
+    if finite:  # a loss that exploded but stayed finite is not a divergence; the line shows it
+        state += f" (mean mini-batch loss of epoch {finite[-1]['epoch']}: {finite[-1]['train_loss']:.4g})"
     print(f"train: {state}; checkpoints for epochs {result['checkpoints']} in checkpoints/ ({env['threads']} threads, "
           f"{env['device']})")
 

@@ -112,6 +112,9 @@ def test_divergence_is_a_result_not_a_crash(tmp_path):
     history = json.loads((project / "reports/train_history.json").read_text())
     d = history["diverged_epoch"]
     assert history["diverged"] and d in (1, 2)
+    line = f"train: diverged in epoch {d}"  # and the last finite epoch's loss, if any, beside it
+    assert line + (f" (mean mini-batch loss of epoch 1: {history['history'][0]['train_loss']:.4g})" if d == 2 else
+                   ";") in proc.stdout + proc.stderr
     records = json.loads((project / "mnist_geometry_metrics.json").read_text())
     assert [(r["epoch"], r["diverged"]) for r in records] == [(e, e >= d) for e in (0, 1, 2)]
     assert records[0]["lambda_max"] > 0 and records[-1]["lambda_max"] is None
