@@ -95,6 +95,26 @@ def test_analysis_with_seeds_holds_them_fixed_and_resamples_configurations(tmp_p
     assert lam["interval"]["clusters"] == 8
 
 
+def test_too_few_configurations_get_no_interval_and_few_get_a_caution(tmp_path):
+    """4 configurations × 2 seeds: no interval anywhere (the report says why, and that the family lead's noise is
+    unknown); 8 configurations: intervals, read as approximate."""
+    from landscape.study.analysis import analyze
+
+    uri, _ = _store_with_runs(tmp_path / "four", n=4, seeds=(0, 1))
+    rec = analyze("study", tmp_path / "out4", uri=uri, resamples=200, log_run=False)
+    assert all(c[g]["interval"].get("too_few_clusters") for c in rec["correlations"].values()
+               for g in ("loss_gap", "error_gap"))
+    text = (tmp_path / "out4" / "report.md").read_text()
+    assert "**No intervals**: 4 configurations allow only 35 distinct resamples" in text
+    assert "the resampling noise of that lead is unknown" in text
+    rows = [line for line in text.splitlines() if line.startswith("| curvature |")]  # best-of-family and full
+    assert len(rows) >= 4 and all("[—, —]" in line for line in rows)
+    uri, _ = _store_with_runs(tmp_path / "eight", n=8)
+    analyze("study", tmp_path / "out8", uri=uri, resamples=200, log_run=False)
+    text = (tmp_path / "out8" / "report.md").read_text()
+    assert "With 8 configurations read the intervals as approximate" in text and "No intervals" not in text
+
+
 def test_analysis_keeps_one_run_per_configuration_and_lists_the_superseded(tmp_path):
     """After a code change every point has a second FINISHED run (another run key), and the new code logs a
     param the old one did not have; two writers of one pipeline state leave two runs with one key. Each

@@ -112,6 +112,18 @@ def test_duplicating_every_run_does_not_narrow_the_interval():
     assert hi3 - lo3 < 0.8 * (hi1 - lo1)
 
 
+def test_too_few_configurations_give_no_interval():
+    """Four configurations allow 35 distinct cluster resamples (two allow 3: a percentile interval of those
+    says nothing); below five none is drawn, and the record says why. Five get an interval."""
+    x, y, clusters = _study(configs=4)
+    few = cluster_bootstrap_interval(x, y, clusters, resamples=400, seed=1)
+    assert math.isnan(few["low"]) and math.isnan(few["high"]) and few["too_few_clusters"]
+    assert few["clusters"] == 4 and few["distinct_resamples"] == 35 and few["resamples"] == 0
+    x, y, clusters = _study(configs=5)
+    five = cluster_bootstrap_interval(x, y, clusters, resamples=400, seed=1)
+    assert five["low"] <= kendall_tau_b(x, y) <= five["high"] and "too_few_clusters" not in five
+
+
 def test_cluster_bootstrap_is_wider_than_resampling_runs_on_clustered_data():
     """Seeds of one configuration share its effect: treating them as independent understates the spread."""
     x, y, clusters = _study(configs=10, seeds=4, noise=0.1, seed=5)

@@ -7,7 +7,10 @@
   units are configurations (every hyperparameter but the seeds), each drawn with all of its runs. Runs that
   differ only in their seed are not independent draws of the population of configurations the study asks
   about, so resampling runs would treat replicates as new evidence and narrow the interval; duplicating every
-  run k times leaves this interval unchanged (τ_b is invariant to it, and so is every resample).
+  run k times leaves this interval unchanged (τ_b is invariant to it, and so is every resample). k clusters
+  allow only C(2k−1, k) distinct resamples (3 for k = 2, 35 for k = 4, 126 for k = 5): below
+  ``MIN_CLUSTERS`` = 5 no interval is given. Above it the percentile interval is still approximate: with few
+  clusters (Cameron, Gelbach & Miller 2008 simulate 5–30) cluster-bootstrap intervals tend to be too narrow.
 * :func:`resampled_tau_b` — τ_b of many resamples at once from their draw counts (the bootstrap's inner loop;
   equal to :func:`kendall_tau_b` on each resample bit for bit).
 * :func:`jiang_tau` — the τ of Jiang et al. 2020's eq. 3 inside one group: the mean over ordered pairs i ≠ j of
@@ -31,6 +34,9 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
+
+MIN_CLUSTERS = 5  # fewer configurations than this: no bootstrap interval (C(2k−1, k) ≤ 35 distinct resamples)
+FEW_CLUSTERS = 20  # fewer than this: the report says the intervals are approximate (Cameron et al. 2008)
 
 
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
@@ -79,14 +85,20 @@ def resampled_tau_b(x: Sequence[float], y: Sequence[float], counts: np.ndarray) 
 
 
 def cluster_bootstrap_interval(x: Sequence[float], y: Sequence[float], clusters: Sequence[Hashable],
-                               resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+                               resamples: int = 2000, level: float = 0.95, seed: int = 0,
+                               min_clusters: int = MIN_CLUSTERS) -> dict[str, Any]:
     """Percentile interval of τ_b over ``resamples`` cluster-bootstrap samples (seeded): each sample draws as
     many clusters as there are, with replacement, and takes all runs of each. ``{low, high, mean, resamples,
-    undefined (samples where τ_b was undefined: dropped and counted), level, unit, clusters}``."""
+    undefined (samples where τ_b was undefined: dropped and counted), level, unit, clusters}``; with fewer than
+    ``min_clusters`` clusters low, high and mean are NaN and ``too_few_clusters`` is true (nothing is drawn)."""
     members: dict[Hashable, list[int]] = defaultdict(list)
     for i, c in enumerate(clusters):
         members[c].append(i)
     labels = sorted(members, key=repr)  # a fixed order: the same runs give the same interval
+    if len(labels) < min_clusters:
+        return {"low": math.nan, "high": math.nan, "mean": math.nan, "resamples": 0, "undefined": 0, "level": level,
+                "unit": "configuration", "clusters": len(labels), "too_few_clusters": True,
+                "distinct_resamples": math.comb(2 * len(labels) - 1, len(labels)) if labels else 0}
     rng = random.Random(seed)
     draws = np.zeros((resamples, len(labels)))  # how often each sample drew each cluster
     for b in range(resamples):

@@ -9,6 +9,7 @@ import math
 import statistics
 from typing import TYPE_CHECKING, Any
 
+from landscape.study.correlation import FEW_CLUSTERS, MIN_CLUSTERS
 from landscape.study.registry import DESCRIBED, GAPS, MEASURES
 
 if TYPE_CHECKING:
@@ -102,6 +103,18 @@ def _natural(value: Any) -> tuple:
     return (2, repr(value))
 
 
+def _few(configs: int) -> str:
+    """What the number of configurations allows the cluster bootstrap to say."""
+    if configs < MIN_CLUSTERS:
+        return (f" **No intervals**: {configs} configurations allow only {math.comb(2 * configs - 1, configs)} "
+                f"distinct resamples; below {MIN_CLUSTERS} none is given (τ and Ψ are, but nothing says how far "
+                "they would move on other configurations).")
+    if configs < FEW_CLUSTERS:
+        return (f" With {configs} configurations read the intervals as approximate: with few clusters cluster-"
+                "bootstrap intervals tend to be too narrow (Cameron, Gelbach & Miller 2008).")
+    return ""
+
+
 def _fmt(v: float | None, digits: int = 2) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.{digits}f}"
 
@@ -134,9 +147,15 @@ def family_summary(corr: dict[str, Any]) -> dict[str, Any]:
                 lo, hi = r["interval"]
                 return (lo, hi) if r["Psi"] >= 0 else (-hi, -lo)
 
-            (alo, ahi), (blo, bhi) = aligned(a), aligned(b)
+            def missing(r: dict[str, Any]) -> bool:
+                return any(v is None or math.isnan(v) for v in r["interval"])
+
+            overlap = None  # no interval to compare (too few configurations, or τ undefined)
+            if not (missing(a) or missing(b)):
+                (alo, ahi), (blo, bhi) = aligned(a), aligned(b)
+                overlap = not (alo > bhi or blo > ahi)
             lead = {"winner": a["family"], "runner_up": b["family"], "abs_psi_margin": abs(a["Psi"]) - abs(b["Psi"]),
-                    "tau_intervals_overlap": not (alo > bhi or blo > ahi)}
+                    "tau_intervals_overlap": overlap}
         out[gap] = {"best_by_family": rows, "lead": lead}
     return out
 
@@ -151,7 +170,7 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
              "end). Measures at the final probed epoch; gaps: loss gap = test − train loss, error gap = test − train "
              "error (full splits).", "",
              f"- τ = Kendall's τ_b over runs; **95% interval, cluster bootstrap over {configs} configurations** "
-             f"(each resampled with all its seeds; {resamples:,} resamples, seed {seed}).",
+             f"(each resampled with all its seeds; {resamples:,} resamples, seed {seed}).{_few(configs)}",
              f"- Ψ = Jiang et al. 2020's granulated coefficient: the mean over the axes "
              f"{', '.join(f'`{a}`' for a in psi_axes) or '(none)'} of ψ_i, the mean over the groups in which only "
              f"axis i varies and every other coordinate{held} is fixed of the paper's τ (eq. 3: a tied pair counts "
@@ -184,11 +203,13 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
                          f"{_fmt(b['interval'][1])}] | {_fmt(b['Psi'])} |")
         lead = summary[gap]["lead"]
         if lead:
-            overlap = "overlap" if lead["tau_intervals_overlap"] else "do not overlap"
-            lines += ["", f"On this grid `{lead['winner']}` leads `{lead['runner_up']}` by "
-                      f"{lead['abs_psi_margin']:.2f} in |Ψ|; their τ intervals, each taken in the direction of its Ψ, "
-                      f"{overlap}" + (" (the lead is within the resampling noise)." if lead["tau_intervals_overlap"]
-                                      else ".")]
+            head = f"On this grid `{lead['winner']}` leads `{lead['runner_up']}` by {lead['abs_psi_margin']:.2f} in |Ψ|"
+            if lead["tau_intervals_overlap"] is None:
+                lines += ["", f"{head}; without τ intervals to compare, the resampling noise of that lead is unknown."]
+            else:
+                overlap = "overlap" if lead["tau_intervals_overlap"] else "do not overlap"
+                lines += ["", f"{head}; their τ intervals, each taken in the direction of its Ψ, {overlap}"
+                          + (" (the lead is within the resampling noise)." if lead["tau_intervals_overlap"] else ".")]
         lines += ["", "| family | measure | runs | τ | 95% interval | Ψ | " + " | ".join(f"ψ `{a}`" for a in psi_axes)
                   + " |", "| --- | --- | --- | --- | --- | --- |" + " --- |" * len(psi_axes)]
         families = list(dict.fromkeys(ms.family for ms in MEASURES))
