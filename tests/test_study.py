@@ -205,6 +205,13 @@ def test_the_family_lead_compares_intervals_in_the_direction_of_each_psi():
     assert lead["abs_psi_margin"] == pytest.approx(0.03)
     corr["b"] = entry("norm", -0.63, -0.20, -0.05)
     assert not family_summary(corr)["loss_gap"]["lead"]["tau_intervals_overlap"]
+    # each family's best is chosen among its candidates on the same runs: how many is part of the record
+    corr["d"] = entry("norm", 0.01, -0.3, 0.3)
+    best = {r["family"]: r for r in family_summary(corr)["loss_gap"]["best_by_family"]}
+    assert {f: (r["measure"], r["candidates"]) for f, r in best.items()} == {
+        "pac-bayes": ("a", 1), "norm": ("b", 2), "curvature": ("c", 1)}
+    corr["b"] = entry("norm", -0.63, float("nan"), float("nan"))  # no interval (too few configurations)
+    assert family_summary(corr)["loss_gap"]["lead"]["tau_intervals_overlap"] is None
 
 
 def test_configurations_sort_by_value_not_by_text():

@@ -136,8 +136,10 @@ def family_summary(corr: dict[str, Any]) -> dict[str, Any]:
             if _abs_psi(e, gap) >= 0 and (fam not in best or _abs_psi(e, gap) > _abs_psi(corr[best[fam]], gap)):
                 best[fam] = name
         order = sorted(best, key=lambda f: _abs_psi(corr[best[f]], gap), reverse=True)
+        candidates = {f: sum(_abs_psi(e, gap) >= 0 and e["family"] == f for e in corr.values()) for f in order}
         rows = [{"family": f, "measure": best[f], "Psi": corr[best[f]][gap]["Psi"], "tau": corr[best[f]][gap]["tau"],
-                 "interval": [corr[best[f]][gap]["interval"]["low"], corr[best[f]][gap]["interval"]["high"]]}
+                 "interval": [corr[best[f]][gap]["interval"]["low"], corr[best[f]][gap]["interval"]["high"]],
+                 "candidates": candidates[f]}
                 for f in order]
         lead = None
         if len(rows) >= 2:
@@ -190,8 +192,10 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
              "diverged) is ranked over the runs that have it; *runs* says how many of all.", ""]
     summary = family_summary(corr)
     for gap, what in GAPS.items():
-        lines += [f"## {gap} ({what})", "", "Best measure of each family (by |Ψ|):", "",
-                  "| family | measure | τ | 95% interval | Ψ |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"## {gap} ({what})", "", "Best measure of each family (by |Ψ|, chosen on these same runs among the "
+                  "family's *candidates*: a family with more candidates has better odds of a high best, and the "
+                  "chosen measure's τ and interval are optimistic, as any winner's are):", "",
+                  "| family | candidates | measure | τ | 95% interval | Ψ |", "| --- | --- | --- | --- | --- | --- |"]
         for b in summary[gap]["best_by_family"]:
             e = corr[b["measure"]]
             n, neg, short = e.get("at_interval_top"), e.get("margin_negative"), e.get("without_value")
@@ -199,8 +203,8 @@ def report_markdown(experiment: str, rows: list[RunRow], skipped: list[dict[str,
                 [f"{n} run{'s' if n > 1 else ''} censored"] if n else []) + (
                 [f"{neg} run{'s' if neg > 1 else ''} with a negative margin"] if neg else [])
             measure = b["measure"] + "".join(f" ({t})" for t in notes)
-            lines.append(f"| {b['family']} | {measure} | {_fmt(b['tau'])} | [{_fmt(b['interval'][0])}, "
-                         f"{_fmt(b['interval'][1])}] | {_fmt(b['Psi'])} |")
+            lines.append(f"| {b['family']} | {b['candidates']} | {measure} | {_fmt(b['tau'])} | "
+                         f"[{_fmt(b['interval'][0])}, {_fmt(b['interval'][1])}] | {_fmt(b['Psi'])} |")
         lead = summary[gap]["lead"]
         if lead:
             head = f"On this grid `{lead['winner']}` leads `{lead['runner_up']}` by {lead['abs_psi_margin']:.2f} in |Ψ|"
