@@ -53,3 +53,23 @@ def test_the_surface_figure_fits_its_title_and_draws_a_stretched_plane_full_size
             assert "not to the scale of x" in ax.yaxis.label.get_text()
     finally:
         plt.close(fig)
+
+
+def test_the_curvature_map_centres_each_cell_on_its_point():
+    """A 3 × 3 map on [−1, 1]²: cells 1 wide centred on −1, 0, 1 (the image spans [−1.5, 1.5]), not three
+    cells squeezed into [−1, 1] with their centres at ±2/3; each cell is labelled with its value at its point."""
+    from landscape.plotting.paths import curvature_map_figure
+
+    surface = _surface(1.0, 1.0, {"kind": "random"})
+    surface["curvature"] = {"x": [-1.0, 0.0, 1.0], "y": [-1.0, 0.0, 1.0], "ratio": [[0.0, 0.5, 1.0]] * 3,
+                            "nonconvex_fraction": 2 / 3, "threshold": 0.1, "all_converged": True}
+    fig = curvature_map_figure(surface, DATA, PlotConfig())
+    try:
+        ax = fig.axes[1]
+        (image,) = ax.get_images()
+        assert image.get_extent() == pytest.approx([-1.5, 1.5, -1.5, 1.5])
+        labels = {(t.xy, t.get_text()) for t in ax.texts}
+        assert ((1.0, -1.0), "1.00") in labels and ((-1.0, 0.0), "0.00") in labels and len(labels) == 9
+        assert all(t.get_fontweight() == ("bold" if t.get_text() in ("0.50", "1.00") else "normal") for t in ax.texts)
+    finally:
+        plt.close(fig)

@@ -45,6 +45,12 @@ def _extent_ratio(x: np.ndarray, y: np.ndarray) -> float:
     return max(wx, wy) / min(wx, wy) if min(wx, wy) > 0 else math.inf
 
 
+def _cell_edges(v: list[float]) -> tuple[float, float]:
+    """Outer edges of evenly spaced cells centred on the points ``v`` (half a spacing beyond each end)."""
+    half = (v[-1] - v[0]) / (len(v) - 1) / 2 if len(v) > 1 else 0.5
+    return v[0] - half, v[-1] + half
+
+
 def contour_figure(surface: dict[str, Any], data: str, cfg: PlotConfig) -> plt.Figure:
     """The surface's filled contour with the checkpoint (and, on a PCA plane, the projected path) marked."""
     fig, ax = plt.subplots(figsize=(cfg.width, cfg.width * 0.85))
@@ -134,28 +140,42 @@ def path_figures(surface: dict[str, Any], connect: dict[str, Any], data: str, cf
 
 
 def curvature_figure(surface: dict[str, Any], data: str, cfg: PlotConfig, path: Path) -> None:
-    """The loss contour beside the map of |λ_min/λ_max| on the curvature sub-grid (Li et al. 2018, Fig. 8)."""
+    """Write :func:`curvature_map_figure` to ``path``."""
+    save(curvature_map_figure(surface, data, cfg), path, cfg)
+
+
+def curvature_map_figure(surface: dict[str, Any], data: str, cfg: PlotConfig) -> plt.Figure:
+    """The loss contour beside the map of |λ_min/λ_max| on the curvature sub-grid (Li et al. 2018, Fig. 8): one
+    cell per sub-grid point, centred on it and labelled with its value (bold above the threshold, † where
+    Lanczos did not converge)."""
     fig, axes = plt.subplots(1, 2, figsize=(cfg.width * 1.6, cfg.height * 1.1))
     curv = surface.get("curvature") if surface.get("enabled", True) else None
     if not curv:
         for ax in axes:
             _note(ax, "no curvature map: surface.curvature is false" if surface.get("enabled", True)
                   and "loss" in surface else "no surface: surface.enabled is false")
-        save(fig, path, cfg)
-        return
+        return fig
     x, y, z = np.array(surface["x"]), np.array(surface["y"]), np.array(surface["loss"], dtype=float)
     cs = axes[0].contourf(x, y, z, levels=20, cmap="viridis")
     fig.colorbar(cs, ax=axes[0], label=f"{surface['split']} loss")
     ratio = np.array([[np.nan if v is None else v for v in row] for row in curv["ratio"]], dtype=float)
     im = axes[1].imshow(np.clip(ratio, 0, 1), origin="lower", cmap="coolwarm", vmin=0, vmax=1, aspect="auto",
-                        extent=(curv["x"][0], curv["x"][-1], curv["y"][0], curv["y"][-1]))
+                        extent=(*_cell_edges(curv["x"]), *_cell_edges(curv["y"])))  # each cell centred on its point
     fig.colorbar(im, ax=axes[1], label=r"$|\lambda_{min}/\lambda_{max}|$ (clipped at 1)")
+    if ratio.size <= 81:  # each point's ratio at the point where it was computed; † where Lanczos did not converge
+        conv = curv.get("converged") or [[True] * ratio.shape[1]] * ratio.shape[0]
+        for i, yi in enumerate(curv["y"]):
+            for j, xj in enumerate(curv["x"]):
+                text = "—" if np.isnan(ratio[i, j]) else f"{ratio[i, j]:.2f}" + ("" if conv[i][j] else "†")
+                above = not np.isnan(ratio[i, j]) and ratio[i, j] > curv["threshold"]
+                axes[1].annotate(text, (xj, yi), ha="center", va="center", fontsize=7,
+                                 fontweight="bold" if above else "normal")
+    axes[0].plot(0, 0, "k*", ms=10)  # on the map the centre cell is the checkpoint's, its value written in it
     for ax in axes:
-        ax.plot(0, 0, "k*", ms=10)
         ax.set_xlabel(r"$x$ (along $\delta$)")
         ax.set_ylabel(r"$y$ (along $\eta$)")
     axes[1].set_title(f"{100 * curv['nonconvex_fraction']:.0f}% of {ratio.size} points above "
-                      f"{curv['threshold']:g}" + ("" if curv["all_converged"] else " (some not converged)"),
+                      f"{curv['threshold']:g} (bold)" + ("" if curv["all_converged"] else "; † not converged"),
                       fontsize=9)
     title(axes[0], textwrap.fill(surface_title(surface), 66), data)
-    save(fig, path, cfg)
+    return fig
