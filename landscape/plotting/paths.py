@@ -45,6 +45,17 @@ def _extent_ratio(x: np.ndarray, y: np.ndarray) -> float:
     return max(wx, wy) / min(wx, wy) if min(wx, wy) > 0 else math.inf
 
 
+def _trajectory(ax: plt.Axes, surface: dict[str, Any]) -> None:
+    """On a PCA plane, the optimizer's path projected onto the plane it spans best."""
+    plane = surface.get("plane") or {"kind": "random"}
+    if plane["kind"] == "pca":
+        tr = plane["trajectory"]
+        ax.plot([p["x"] for p in tr], [p["y"] for p in tr], "w.-", lw=1.2, ms=6, label="training trajectory")
+        for p in (tr[0], tr[len(tr) // 2]):
+            ax.annotate(f"epoch {p['epoch']}", (p["x"], p["y"]), color="white", fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+
+
 def _cell_edges(v: list[float]) -> tuple[float, float]:
     """Outer edges of evenly spaced cells centred on the points ``v`` (half a spacing beyond each end)."""
     half = (v[-1] - v[0]) / (len(v) - 1) / 2 if len(v) > 1 else 0.5
@@ -64,13 +75,7 @@ def contour_figure(surface: dict[str, Any], data: str, cfg: PlotConfig) -> plt.F
         fig.colorbar(cs, ax=ax, label=f"{surface['split']} loss")
         ax.contour(x, y, z, levels=cs.levels[::3], colors="white", linewidths=0.4)
         ax.plot(0, 0, "r*", ms=14, label=f"checkpoint, epoch {surface['epoch']}")
-        plane = surface.get("plane") or {"kind": "random"}
-        if plane["kind"] == "pca":  # the optimizer's path, projected onto the plane it spans best
-            tr = plane["trajectory"]
-            ax.plot([p["x"] for p in tr], [p["y"] for p in tr], "w.-", lw=1.2, ms=6, label="training trajectory")
-            for p in (tr[0], tr[len(tr) // 2]):
-                ax.annotate(f"epoch {p['epoch']}", (p["x"], p["y"]), color="white", fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")
+        _trajectory(ax, surface)
         # one scale on both axes unless the plane is far from square (a PCA plane spans the path: 23 × 5 on
         # the default run), where equal scales would draw a thin strip
         square = _extent_ratio(x, y) <= 2
@@ -170,6 +175,7 @@ def curvature_map_figure(surface: dict[str, Any], data: str, cfg: PlotConfig) ->
                 above = not np.isnan(ratio[i, j]) and ratio[i, j] > curv["threshold"]
                 axes[1].annotate(text, (xj, yi), ha="center", va="center", fontsize=7,
                                  fontweight="bold" if above else "normal")
+    _trajectory(axes[0], surface)
     axes[0].plot(0, 0, "k*", ms=10)  # on the map the centre cell is the checkpoint's, its value written in it
     for ax in axes:
         ax.set_xlabel(r"$x$ (along $\delta$)")
